@@ -1,0 +1,185 @@
+"""`rainier` command line: `mesh show`, `mesh list`, `train`.
+
+The only module (with tests/conftest.py) that touches `jax.config`: it reads the mesh file first,
+validates every input, and only then sets the number of emulated CPU devices and lets JAX start.
+Bad input is one line on stderr and exit code 2, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rainier_jax.config import ConfigError, builtin_names
+
+DEFAULT_MESH = "trn2-mini-8"
+DEFAULT_MODEL = "tiny"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the whole usage first)
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def _add_mesh_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lnc", type=int, default=None,
+                   help="logical NeuronCore setting (trn2: 2 → 4 ranks per chip, 1 → 8); default from the mesh file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rainier", description="Emulate Trainium2 training on CPU with JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    mesh = sub.add_parser("mesh", help="inspect hardware meshes")
+    mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True, parser_class=_Parser)
+    show = mesh_sub.add_parser("show", help="draw a mesh and where a layout's axes land")
+    show.add_argument("name", help=f"built-in mesh name or path to a .toml ({', '.join(builtin_names('meshes'))})")
+    show.add_argument("--parallel", default=None, help="layout to place, e.g. dp=2,fsdp=2,tp=2")
+    _add_mesh_flags(show)
+    show.set_defaults(func=cmd_mesh_show)
+    lst = mesh_sub.add_parser("list", help="list the built-in meshes")
+    lst.set_defaults(func=cmd_mesh_list)
+
+    tr = sub.add_parser("train", help="train a model on an emulated mesh")
+    tr.add_argument("--mesh", default=DEFAULT_MESH, help=f"mesh name or path [{DEFAULT_MESH}]")
+    _add_mesh_flags(tr)
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path [{DEFAULT_MODEL}]")
+    tr.add_argument("--parallel", default=None,
+                    help="layout dp=..,fsdp=..,tp=.. (omitted axes are 1; product = mesh ranks) [dp = all ranks]")
+    tr.add_argument("--steps", type=int, default=None, help="optimizer steps [100]")
+    tr.add_argument("--batch", type=int, default=None, help="global sequences per step [32]")
+    tr.add_argument("--seq", type=int, default=None, help="sequence length [128]")
+    tr.add_argument("--seed", type=int, default=None, help="seed for parameters and batches [0]")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate [3e-3]")
+    tr.add_argument("--eval-every", type=int, default=None,
+                    help="held-out eval every K steps, and at the end; 0 = only at the end [50]")
+    tr.add_argument("--data", default=None,
+                    help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
+    tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
+    tr.set_defaults(func=cmd_train)
+    return parser
+
+
+def cmd_mesh_list(args) -> int:
+    from rainier_jax.topology import load_topology
+    for name in builtin_names("meshes"):
+        topo = load_topology(name)
+        print(f"{name:<18} {topo.num_ranks:>4} ranks  {topo.instances} × {topo.torus[0]}×{topo.torus[1]} chips "
+              f"× {topo.ranks_per_chip} ranks per chip")
+    return 0
+
+
+def cmd_mesh_show(args) -> int:
+    from rainier_jax.layout import AXES, parse_layout, place
+    from rainier_jax.meshview import render_layout, render_topology
+    from rainier_jax.topology import load_topology
+
+    topo = load_topology(args.name, lnc=args.lnc)
+    print(render_topology(topo))
+    if args.parallel is not None:
+        layout = parse_layout(args.parallel, topo.num_ranks, allowed=AXES)
+        print()
+        print(render_layout(topo, layout, place(layout, topo)))
+    return 0
+
+
+def _run_config(args):
+    from rainier_jax.train import RunConfig
+    given = {k: getattr(args, k) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every")
+             if getattr(args, k) is not None}
+    try:
+        return RunConfig(**given)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_train(args) -> int:
+    from rainier_jax import data as data_lib
+    from rainier_jax.layout import parse_layout, place, tp_ring_warnings, validate_batch, validate_for_model
+    from rainier_jax.report import MetricsLog
+    from rainier_jax.topology import load_topology
+    from rainier_jax.transformer import load_model
+
+    # Everything the user gave is checked before JAX starts.
+    topo = load_topology(args.mesh, lnc=args.lnc)
+    model = load_model(args.model)
+    layout = parse_layout(args.parallel, topo.num_ranks)
+    validate_for_model(layout, model)
+    run = _run_config(args)
+    validate_batch(layout, run.batch)
+    placement = place(layout, topo)
+    corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+    metrics = MetricsLog(args.metrics, first_step=1) if args.metrics else None
+
+    for w in tp_ring_warnings(layout, topo, placement):
+        print(w, file=sys.stderr)
+    _start_jax(topo.num_ranks)
+    return _run_training(topo, model, layout, placement, run, corpus, metrics)
+
+
+def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
+    import jax
+    import numpy as np
+
+    from rainier_jax.layout import axis_links, describe_links
+    from rainier_jax.report import Progress, summary
+    from rainier_jax.train import build_mesh, build_program, train
+
+    devices = jax.devices()
+    if len(devices) != topo.num_ranks:  # JAX was started before the CLI could size it
+        raise ConfigError(f"--mesh {topo.name}: needs {topo.num_ranks} CPU devices but JAX has "
+                          f"{len(devices)}; run rainier in a fresh process")
+    mesh = build_mesh(layout, np.array(devices)[placement])
+    print(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
+    for al in axis_links(layout, topo, placement):
+        print(f"  {describe_links(al)}")
+    print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
+          f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
+    print(corpus.describe(), flush=True)
+
+    t0 = time.perf_counter()
+    program = build_program(model, layout, mesh, run)
+    print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
+    progress = Progress(run.steps, first_step=0)
+
+    def on_step(rec):
+        progress.update(rec)
+        if metrics is not None:
+            metrics.write(rec)
+
+    try:
+        train(program, corpus, on_step=on_step)
+    finally:
+        progress.close()
+        if metrics is not None:
+            metrics.close()
+    print(summary(progress.records, compile_seconds=program.compile_seconds,
+                  wall_seconds=time.perf_counter() - t0))
+    return 0
+
+
+def _start_jax(num_devices: int) -> None:
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ConfigError as e:
+        print(f"rainier: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rainier: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

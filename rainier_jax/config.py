@@ -1,0 +1,161 @@
+"""Typed, validated configuration: TOML tables → frozen dataclasses.
+
+Every config object in rainier-jax (mesh files, model files, the run configuration) is a frozen
+dataclass built by `from_mapping`, which rejects unknown keys, missing keys and wrong types with a
+single line that names the key and says what would fix it. The CLI turns `ConfigError` into exit
+code 2; nothing else in the library prints or exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line naming the key/flag and the fix."""
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"int": "an integer", "float": "a number", "str": "a string",
+                "bool": "true or false"}.get(tp.__name__, tp.__name__)
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting TOML shapes where it is lossless."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return from_mapping(tp, value, where=where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        kt, vt = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {_convert(k, kt, f"{where}.{k}"): _convert(v, vt, f"{where}.{k}")
+                for k, v in value.items()}
+    if tp is float:
+        # TOML writes 1000 for a float-valued figure as often as 1000.0; ints are exact here.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)}") from None
+    raise ConfigError(f"{where}: cannot read a value of type {_type_name(tp)}")
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], *, where: str) -> T:
+    """Build dataclass `cls` from `data`; `where` names the source in error messages."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' "
+                          f"(known keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing required key (add `{name} = ...`)")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # __post_init__ checks phrase their own messages
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def builtin_dir(kind: str) -> Path:
+    """Directory of the built-in `meshes` or `models` files.
+
+    They live at the repository's top level and are shipped inside the installed package as
+    `rainier_jax/meshes` and `rainier_jax/models` (see pyproject.toml), so `rainier` finds them
+    from any working directory.
+    """
+    try:
+        packaged = Path(str(resources.files(f"rainier_jax.{kind}")))
+        if packaged.is_dir():
+            return packaged
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / kind
+
+
+def builtin_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in builtin_dir(kind).glob("*.toml"))
+
+
+def resolve_named_file(name_or_path: str, kind: str, flag: str) -> Path:
+    """A built-in name (`trn2-mini-8`) or a path to a TOML file, else a one-line error."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or "/" in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"{flag} {name_or_path}: no such file")
+        return p
+    candidate = builtin_dir(kind) / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return candidate
+    noun = {"meshes": "mesh", "models": "model"}.get(kind, kind)
+    raise ConfigError(f"{flag} {name_or_path}: unknown {noun} name "
+                      f"(built-in: {', '.join(builtin_names(kind))}; or give a path to a .toml file)")

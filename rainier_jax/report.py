@@ -1,0 +1,112 @@
+"""What a run shows and keeps: the progress display, the JSONL metrics file, the summary.
+
+Kept apart from the loop so the loop stays about training; `train.train` calls `on_step` with one
+`StepRecord` per completed update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from rainier_jax.config import ConfigError
+from rainier_jax.train import StepRecord
+
+
+class MetricsLog:
+    """Appends one JSON object per optimizer step; never writes a step the file already holds.
+
+    The file is checked when the run starts (before anything compiles), so an unwritable path or a
+    clash with existing steps is a clean error rather than a crash after minutes of training.
+    """
+
+    def __init__(self, path: str, first_step: int):
+        self.path = Path(path)
+        last = self._last_step()
+        if last is not None and last >= first_step:
+            raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
+                              f"would write step {first_step} again; pass a new path or move the file away")
+        try:
+            self._f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--metrics {path}: cannot write there ({e.strerror}); "
+                              "give a path in a writable directory") from None
+
+    def _last_step(self) -> int | None:
+        if self.path.is_dir():
+            raise ConfigError(f"--metrics {self.path}: is a directory; give a file path such as "
+                              f"{self.path / 'metrics.jsonl'}")
+        if not self.path.is_file():
+            return None
+        last = None
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    last = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    raise ConfigError(f"--metrics {self.path}: line {n} is not a metrics record "
+                                      "(not written by rainier?); pass a new path") from None
+        return last
+
+    def write(self, rec: StepRecord) -> None:
+        self._f.write(json.dumps(rec.as_json()) + "\n")
+        self._f.flush()  # a crash keeps every step already reported
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; a log line every ~10 % of the run otherwise (CI logs, pipes)."""
+
+    def __init__(self, total: int, first_step: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.first = total, first_step
+        self.records: list[StepRecord] = []
+        self.bar = None
+        if self.stream.isatty() and not os.environ.get("CI"):
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=0, file=self.stream, unit="step", dynamic_ncols=True,
+                            desc="train")
+        self.every = max(1, total // 10)
+
+    def update(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        done = rec.step - self.first
+        if self.bar is not None:
+            post = {"loss": f"{rec.loss:.4f}", "tok/s": f"{rec.tokens_per_s:,.0f}"}
+            if rec.eval_loss is not None:
+                post["eval"] = f"{rec.eval_loss:.4f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+            if rec.eval_loss is not None:
+                self.bar.write(f"step {rec.step}: eval loss {rec.eval_loss:.4f}")
+        elif done % self.every == 0 or done == self.total or rec.eval_loss is not None:
+            line = (f"step {rec.step:>6}  loss {rec.loss:.4f}  grad_norm {rec.grad_norm:.3f}  "
+                    f"lr {rec.lr:.2e}  {rec.tokens_per_s:,.0f} tok/s")
+            if rec.eval_loss is not None:
+                line += f"  eval_loss {rec.eval_loss:.4f}"
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary(records: list[StepRecord], *, compile_seconds: float, wall_seconds: float) -> str:
+    if not records:
+        return "no steps run"
+    tps = [r.tokens_per_s for r in records[1:]] or [records[0].tokens_per_s]
+    evals = [r for r in records if r.eval_loss is not None]
+    lines = [
+        f"steps {records[0].step}–{records[-1].step}: loss {records[0].loss:.4f} → {records[-1].loss:.4f}"
+        + (f", eval loss {evals[-1].eval_loss:.4f}" if evals else ""),
+        f"throughput: median {statistics.median(tps):,.0f} tokens/s (first step excluded); "
+        f"compile {compile_seconds:.1f} s; total {wall_seconds:.1f} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Logical axis names → mesh PartitionSpecs: one table for parameters, one for activations.
+
+The model names logical axes only (`transformer.param_axes` and its `constrain` calls); this is the
+single place that decides which mesh axis splits which logical dimension. Parameters and
+activations get separate rules because FSDP splits a parameter's `embed` dimension at rest but the
+computation needs it whole (GSPMD inserts the all-gather), while the batch is split over both data
+axes.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rainier_jax.layout import ParallelLayout
+from rainier_jax.transformer import Constrain, ModelConfig, param_axes
+
+Rules = dict[str, str | tuple[str, ...] | None]
+
+
+def param_rules(layout: ParallelLayout, cfg: ModelConfig) -> Rules:
+    """Megatron-style tensor parallelism (column-parallel q/k/v/gate/up, row-parallel o/down,
+    vocabulary-parallel embedding and head) plus FSDP over the model dimension."""
+    return {
+        "layers": None,
+        "vocab": "tp",
+        "embed": "fsdp",
+        "heads": "tp",
+        # kv heads are split only when tp divides them; when tp exceeds them each rank keeps the
+        # (few) kv weights whole and computes the heads its query heads need.
+        "kv_heads": "tp" if cfg.n_kv_heads % layout.tp == 0 else None,
+        "head_dim": None,
+        "mlp": "tp",
+        "norm": None,
+    }
+
+
+ACTIVATION_RULES: Rules = {
+    "batch": ("dp", "fsdp"),
+    "seq": None,
+    "embed": None,
+    "heads": "tp",
+    "head_dim": None,
+    "mlp": "tp",
+    "vocab": "tp",
+}
+
+
+def spec(logical: tuple[str | None, ...], rules: Rules) -> P:
+    unknown = [a for a in logical if a is not None and a not in rules]
+    if unknown:
+        raise KeyError(f"no sharding rule for logical axis {unknown[0]!r}")
+    return P(*(None if a is None else rules[a] for a in logical))
+
+
+def param_specs(layout: ParallelLayout, cfg: ModelConfig) -> dict:
+    rules = param_rules(layout, cfg)
+    return jax.tree.map(lambda axes: spec(axes, rules), param_axes(cfg),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def param_shardings(mesh: Mesh, layout: ParallelLayout, cfg: ModelConfig) -> dict:
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(layout, cfg),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Token batches `[B, T+1]`: sequences split over both data axes."""
+    return NamedSharding(mesh, spec(("batch", None), ACTIVATION_RULES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def make_constrain(mesh: Mesh) -> Constrain:
+    """The `constrain` the model calls at block boundaries, bound to `mesh`."""
+    def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(logical, ACTIVATION_RULES)))
+    return constrain

@@ -1,0 +1,220 @@
+"""The train state, the jitted step (explicit in/out shardings, state donated) and the loop.
+
+`build_program` turns (model, layout, mesh, run settings) into compiled functions; `train` runs
+the loop: host builds batch t+1 while the devices run step t, and step t's metrics are read only
+after step t+1 has been dispatched, so the host never stalls the devices to log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from rainier_jax import data as data_lib
+from rainier_jax import sharding
+from rainier_jax.layout import AXES, ParallelLayout
+from rainier_jax.transformer import ModelConfig, init_params, loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The run's settings (CLI flags), validated before anything compiles."""
+    steps: int = 100
+    batch: int = 32
+    seq: int = 128
+    seed: int = 0
+    lr: float = 3e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        checks = [("--steps", self.steps > 0, "a positive number of steps"),
+                  ("--batch", self.batch > 0, "a positive number of sequences"),
+                  ("--seq", self.seq > 0, "a positive sequence length"),
+                  ("--lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
+                  ("--eval-every", self.eval_every >= 0, "0 (only at the end) or a positive interval"),
+                  ("--seed", self.seed >= 0, "a non-negative integer")]
+        for flag, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
+
+
+def lr_schedule(run: RunConfig) -> Callable[[jax.Array], jax.Array]:
+    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio·lr` at the last step.
+    Indexed by completed updates, so update 0 already uses lr/warmup (never a wasted step)."""
+    warmup = min(run.warmup_steps, max(run.steps - 1, 0))
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum(1.0, (count + 1) / max(warmup, 1))
+        progress = jnp.clip((count - warmup) / max(run.steps - warmup - 1, 1), 0.0, 1.0)
+        cosine = run.min_lr_ratio + (1 - run.min_lr_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        return run.lr * warm * cosine
+    return schedule
+
+
+def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
+    # No weight decay on norm scales: decaying them towards 0 fights the normalisation.
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: not path[-1].key.endswith("norm"), params)
+    return optax.chain(
+        optax.clip_by_global_norm(run.grad_clip),
+        optax.adamw(lr_schedule(run), b1=0.9, b2=0.95, eps=1e-8,
+                    weight_decay=run.weight_decay, mask=decay_mask),
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    params: dict
+    opt_state: Any
+    step: jax.Array  # completed updates, int32 scalar
+
+
+def build_mesh(layout: ParallelLayout, devices: np.ndarray) -> Mesh:
+    """A mesh with Auto axes (the decided sharding mode; see ARCHITECTURE.md)."""
+    return Mesh(devices.reshape([getattr(layout, a) for a in AXES]), AXES,
+                axis_types=(AxisType.Auto,) * len(AXES))
+
+
+@dataclasses.dataclass
+class Program:
+    """Everything compiled for one (model, layout, mesh, run)."""
+    mesh: Mesh
+    layout: ParallelLayout
+    model: ModelConfig
+    run: RunConfig
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    init: Callable[[], TrainState]
+    step: Any            # compiled: (state, batch) → (state, metrics)
+    eval_loss: Any       # compiled: (params, batches) → loss
+    grads: Callable      # jitted: (params, batch) → (loss, grads); for parity checks
+    compile_seconds: float
+
+
+def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig) -> Program:
+    tx = make_optimizer(run)
+    schedule = lr_schedule(run)
+    constrain = sharding.make_constrain(mesh)
+    param_sh = sharding.param_shardings(mesh, layout, model)
+    repl = sharding.replicated(mesh)
+
+    abstract_params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments mirror the parameters and take their shardings; counters are replicated.
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: repl)
+    state_sh = TrainState(param_sh, opt_sh, repl)
+    batch_sh = sharding.batch_sharding(mesh)
+
+    def init_fn(key):
+        params = init_params(model, key)
+        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    def step_fn(state: TrainState, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model, constrain)
+        grad_norm = optax.global_norm(grads)  # before clipping, as logged
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    def eval_fn(params, batches):
+        return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain), batches))
+
+    def grads_fn(params, batch):
+        return jax.value_and_grad(loss_fn)(params, batch, model, constrain)
+
+    key = jax.random.key(run.seed)
+    init_jit = jax.jit(init_fn, out_shardings=state_sh)
+    batch_abs = jax.ShapeDtypeStruct((run.batch, run.seq + 1), jnp.int32, sharding=batch_sh)
+    state_abs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                             jax.eval_shape(init_fn, key), state_sh)
+    eval_sh = NamedSharding(mesh, P(None, *batch_sh.spec))
+    evals_abs = jax.ShapeDtypeStruct((run.eval_batches, run.batch, run.seq + 1), jnp.int32, sharding=eval_sh)
+
+    t0 = time.perf_counter()
+    step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
+                   donate_argnums=0).lower(state_abs, batch_abs).compile()
+    eval_loss = jax.jit(eval_fn, in_shardings=(param_sh, eval_sh), out_shardings=repl
+                        ).lower(state_abs.params, evals_abs).compile()
+    compile_seconds = time.perf_counter() - t0
+    grads = jax.jit(grads_fn, in_shardings=(param_sh, batch_sh), out_shardings=(repl, param_sh))
+    return Program(mesh, layout, model, run, state_sh, batch_sh, lambda: init_jit(key), step,
+                   eval_loss, grads, compile_seconds)
+
+
+@dataclasses.dataclass
+class StepRecord:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens_per_s: float
+    eval_loss: float | None = None
+
+    def as_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.eval_loss is None:
+            del out["eval_loss"]
+        return out
+
+
+def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepRecord], None],
+          state: TrainState | None = None) -> TrainState:
+    """Run `program.run.steps` updates from `state` (fresh when None), calling `on_step` per step."""
+    run = program.run
+    state = program.init() if state is None else state
+    first = int(state.step)  # completed updates so far
+    tokens = run.batch * run.seq
+    eval_every = run.eval_every
+    evals = jax.device_put(
+        data_lib.eval_batches(corpus, batch_size=run.batch, seq_len=run.seq, num_batches=run.eval_batches),
+        NamedSharding(program.mesh, P(None, *program.batch_sharding.spec)))
+
+    def host_batch(t: int):
+        # The batch for update t (0-based) is a pure function of (seed, t): resumable, layout-free.
+        b = data_lib.batch(corpus, seed=run.seed, step=t, batch_size=run.batch, seq_len=run.seq)
+        return jax.device_put(b, program.batch_sharding)
+
+    pending = None  # (step number, device metrics) of the step dispatched last
+    last_done = time.perf_counter()
+
+    def finish(step_no, metrics, eval_now):
+        nonlocal last_done
+        m = jax.device_get(metrics)  # blocks until that step is done
+        now = time.perf_counter()
+        rec = StepRecord(step_no, float(m["loss"]), float(m["grad_norm"]), float(m["lr"]),
+                         tokens / max(now - last_done, 1e-9))
+        if eval_now:
+            rec.eval_loss = float(program.eval_loss(state.params, evals))
+            now = time.perf_counter()  # evaluation time is not charged to the next step
+        last_done = now
+        on_step(rec)
+
+    end = first + run.steps
+    for t in range(first, end):
+        step_no = t + 1
+        state, metrics = program.step(state, host_batch(t))
+        if pending is not None:
+            finish(*pending, eval_now=False)
+        eval_now = step_no == end or (eval_every > 0 and step_no % eval_every == 0)
+        pending = (step_no, metrics)
+        if eval_now:  # evaluate these parameters before the next step donates them
+            finish(*pending, eval_now=True)
+            pending = None
+    return state

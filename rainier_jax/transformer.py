@@ -1,0 +1,250 @@
+"""A Llama-style decoder as pure math: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Parameters are a plain dict pytree; layers are stacked on a leading axis and run under
+`lax.scan`, so the program size does not grow with depth. The model never names mesh axes:
+`param_axes` gives every parameter dimension a *logical* name, and the forward pass calls an
+injected `constrain(x, logical_axes)` at block boundaries; `sharding.py` maps both onto a mesh.
+
+Tensor names carry their shape: B batch, T sequence, D d_model, H query heads, G kv heads,
+K head dim, F mlp width, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rainier_jax.config import from_mapping, read_toml, resolve_named_file
+
+Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
+
+
+def no_constraint(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    del axes
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_dim: int
+    head_dim: int = 0  # 0 → d_model // n_heads
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} = {getattr(self, key)} must be positive")
+        if self.head_dim < 0:
+            raise ValueError(f"head_dim = {self.head_dim} must be positive (or 0 for d_model/n_heads)")
+        if self.head_dim == 0:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; "
+                                 "set head_dim explicitly")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim = {self.head_dim} must be even for RoPE")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
+
+    def num_params(self) -> int:
+        return sum(math.prod(s) for s in jax.tree.leaves(param_shapes(self),
+                                                          is_leaf=lambda x: isinstance(x, tuple)))
+
+
+def load_model(name_or_path: str) -> ModelConfig:
+    path = resolve_named_file(name_or_path, "models", "--model")
+    return from_mapping(ModelConfig, read_toml(path), where=str(path.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: shapes, logical axes, initialisation
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    L, D, H, G, K, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                           cfg.mlp_dim, cfg.vocab_size)
+    shapes = {
+        "embed": (V, D),
+        "layers": {
+            "attn_norm": (L, D), "wq": (L, D, H, K), "wk": (L, D, G, K), "wv": (L, D, G, K),
+            "wo": (L, H, K, D),
+            "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F), "w_down": (L, F, D),
+        },
+        "final_norm": (D,),
+    }
+    if not cfg.tie_embeddings:
+        shapes["head"] = (D, V)
+    return shapes
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """Logical name of every parameter dimension (same tree as `param_shapes`)."""
+    axes = {
+        "embed": ("vocab", "embed"),
+        "layers": {
+            "attn_norm": ("layers", "norm"),
+            "wq": ("layers", "embed", "heads", "head_dim"),
+            "wk": ("layers", "embed", "kv_heads", "head_dim"),
+            "wv": ("layers", "embed", "kv_heads", "head_dim"),
+            "wo": ("layers", "heads", "head_dim", "embed"),
+            "mlp_norm": ("layers", "norm"),
+            "w_gate": ("layers", "embed", "mlp"),
+            "w_up": ("layers", "embed", "mlp"),
+            "w_down": ("layers", "mlp", "embed"),
+        },
+        "final_norm": ("norm",),
+    }
+    if not cfg.tie_embeddings:
+        axes["head"] = ("embed", "vocab")
+    return axes
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
+    """Fan-in scaled normal init; residual outputs further scaled by 1/sqrt(2L).
+
+    Deterministic in `key` whatever the output sharding (JAX's partitionable threefry), which is
+    what lets every layout start from bit-identical parameters.
+    """
+    shapes = param_shapes(cfg)
+    D, F, L = cfg.d_model, cfg.mlp_dim, cfg.n_layers
+    fan_in = {"wq": D, "wk": D, "wv": D, "wo": cfg.n_heads * cfg.head_dim,
+              "w_gate": D, "w_up": D, "w_down": F}
+    residual_out = {"wo", "w_down"}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(flat))
+    leaves = []
+    for (path, shape), k in zip(flat, keys):
+        name = path[-1].key
+        if name.endswith("norm"):
+            leaves.append(jnp.ones(shape, jnp.float32))
+            continue
+        if name in ("embed", "head"):
+            std = 1.0 / math.sqrt(D)
+        else:
+            std = 1.0 / math.sqrt(fan_in[name])
+            if name in residual_out:
+                std /= math.sqrt(2 * L)
+        leaves.append(std * jax.random.normal(k, shape, jnp.float32))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward pass
+
+
+def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
+    # Statistics in fp32 whatever the activation dtype: the mean of squares underflows in bf16.
+    x32 = x_BxTxD.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * inv).astype(x_BxTxD.dtype) * scale_D
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    inv_freq_K2 = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_TxK2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_K2[None, :]
+    return jnp.cos(angles_TxK2), jnp.sin(angles_TxK2)
+
+
+def apply_rope(x_BxTxNxK: jax.Array, cos_TxK2: jax.Array, sin_TxK2: jax.Array) -> jax.Array:
+    # Rotate the two halves of each head (the Hugging Face Llama convention).
+    x1, x2 = jnp.split(x_BxTxNxK, 2, axis=-1)
+    cos, sin = cos_TxK2[None, :, None, :], sin_TxK2[None, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxNxK.dtype)
+
+
+def attention(p: dict, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array], cfg: ModelConfig,
+              constrain: Constrain) -> jax.Array:
+    q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD, p["wq"])
+    k_BxTxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, p["wk"])
+    v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, p["wv"])
+    q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
+    k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
+    # Grouped-query attention: query head h reads kv head h // (H/G). Repeating kv heads up to H
+    # lets tensor parallelism split query heads even when tp exceeds the kv heads (each rank then
+    # keeps a copy of the kv heads it needs, as neuronx-distributed does).
+    rep = cfg.n_heads // cfg.n_kv_heads
+    k_BxTxHxK = constrain(jnp.repeat(k_BxTxGxK, rep, axis=2), ("batch", "seq", "heads", "head_dim"))
+    v_BxTxHxK = constrain(jnp.repeat(v_BxTxGxK, rep, axis=2), ("batch", "seq", "heads", "head_dim"))
+    q_BxTxHxK = constrain(q_BxTxHxK, ("batch", "seq", "heads", "head_dim"))
+
+    T = x_BxTxD.shape[1]
+    # Scores and softmax in fp32: the exponent's range is what bf16 loses first.
+    s_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK,
+                           preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+    causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
+    # -inf (not a large negative number) makes masked probabilities exactly zero, so a position
+    # has exactly zero gradient with respect to any later one.
+    s_BxHxTxT = jnp.where(causal_TxT[None, None], s_BxHxTxT, -jnp.inf)
+    p_BxHxTxT = jax.nn.softmax(s_BxHxTxT, axis=-1).astype(v_BxTxHxK.dtype)
+    o_BxTxHxK = jnp.einsum("bhts,bshk->bthk", p_BxHxTxT, v_BxTxHxK)
+    return jnp.einsum("bthk,hkd->btd", o_BxTxHxK, p["wo"])
+
+
+def mlp(p: dict, x_BxTxD: jax.Array, constrain: Constrain) -> jax.Array:
+    gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["w_gate"])
+    up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["w_up"])
+    h_BxTxF = constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "seq", "mlp"))
+    return jnp.einsum("btf,fd->btd", h_BxTxF, p["w_down"])
+
+
+def block(p: dict, x_BxTxD: jax.Array, rope, cfg: ModelConfig, constrain: Constrain) -> jax.Array:
+    h_BxTxD = x_BxTxD + attention(p, rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps), rope, cfg, constrain)
+    out_BxTxD = h_BxTxD + mlp(p, rms_norm(h_BxTxD, p["mlp_norm"], cfg.norm_eps), constrain)
+    return constrain(out_BxTxD, ("batch", "seq", "embed"))
+
+
+def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain) -> jax.Array:
+    # Constrain the table with activation rules first: that gathers an FSDP-split model dimension
+    # once, instead of letting the gather turn into all-to-alls as wide as the fsdp group.
+    table_VxD = constrain(params["embed"], ("vocab", "embed"))
+    x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0)
+    return constrain(x_BxTxD, ("batch", "seq", "embed"))
+
+
+def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
+           constrain: Constrain = no_constraint) -> jax.Array:
+    """Blocks → final norm → logits, from input embeddings (the causality test enters here)."""
+    rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_theta)
+
+    def step(x, layer_params):
+        return block(layer_params, x, rope, cfg, constrain), None
+
+    x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, params["layers"])
+    x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
+    if cfg.tie_embeddings:
+        table_VxD = constrain(params["embed"], ("vocab", "embed"))
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD)
+    else:
+        logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, params["head"])
+    return constrain(logits_BxTxV, ("batch", "seq", "vocab"))
+
+
+def forward(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig,
+            constrain: Constrain = no_constraint) -> jax.Array:
+    return decode(params, embed(params, tokens_BxT, constrain), cfg, constrain)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean next-token loss, computed in fp32."""
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    nll_BxT = -jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return jnp.mean(nll_BxT)
+
+
+def loss_fn(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig,
+            constrain: Constrain = no_constraint) -> jax.Array:
+    """Loss of a `[B, T+1]` token batch: predict tokens 1..T from tokens 0..T-1."""
+    inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+    return cross_entropy(forward(params, inputs_BxT, cfg, constrain), targets_BxT)
