@@ -127,7 +127,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
 
     def step_fn(state: TrainState, batch):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model, constrain)
-        grad_norm = optax.global_norm(grads)  # before clipping, as logged
+        grad_norm = optax.tree.norm(grads)  # before clipping, as logged
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
