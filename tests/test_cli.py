@@ -67,6 +67,9 @@ def _write_inputs(d: Path) -> None:
     (d / "model_unknown_key.toml").write_text(TINY_TOML + "n_experts = 8\n")
     (d / "model_wrong_type.toml").write_text(_replace_once(TINY_TOML, "d_model = 128", 'd_model = "128"'))
     (d / "model_float_for_int.toml").write_text(_replace_once(TINY_TOML, "n_layers = 8", "n_layers = 2.5"))
+    (d / "model_kv_not_dividing_heads.toml").write_text(
+        _replace_once(TINY_TOML, "n_kv_heads = 4", "n_kv_heads = 3"))
+    (d / "model_not_utf8.toml").write_bytes(TINY_TOML.encode() + b"# \xff\xfe\n")
     # meshes: copies of the built-in trn2-mini-8, each corrupted in one place
     (d / "mesh_unknown_key.toml").write_text(
         _replace_once(MINI8_TOML, 'name = "trn2-mini-8"\n', 'name = "trn2-mini-8"\ncolour = "blue"\n'))
@@ -77,6 +80,11 @@ def _write_inputs(d: Path) -> None:
     (d / "mesh_nested_wrong_type.toml").write_text(
         _replace_once(MINI8_TOML, "hbm_gib = 96.0 ", 'hbm_gib = "lots" '))
     (d / "mesh_bad_syntax.toml").write_text(_replace_once(MINI8_TOML, "instances = 2 ", "instances = = 2 "))
+    (d / "mesh_missing_key.toml").write_text(_replace_once(MINI8_TOML, "default_lnc = 2 ", "# "))
+    (d / "mesh_not_utf8.toml").write_bytes(MINI8_TOML.encode() + b"# \xff\xfe\n")
+    # 2 instances x 3x1 chips x 2 ranks = 12 ranks: tp=4 takes the 2 cores of a chip, then needs a
+    # factor 2 of the x dimension (3), which does not exist.
+    (d / "mesh_3x1.toml").write_text(_replace_once(MINI8_TOML, "torus = [2, 1]", "torus = [3, 1]"))
     # data
     (d / "empty.txt").write_bytes(b"")
     (d / "empty_dir").mkdir()
@@ -102,6 +110,12 @@ class Case:
     id: str
     argv: tuple[str, ...]
     names: tuple[str, ...]  # each must appear in the error line (the flag or key, and the culprit)
+    known_bug: str | None = None  # a library bug makes this case fail today (strict xfail)
+
+
+# config.read_toml catches FileNotFoundError and TOMLDecodeError but not UnicodeDecodeError, which
+# tomllib.load raises for a file that is not UTF-8: the CLI dies with a traceback.
+NOT_UTF8_BUG = "library bug: config.read_toml lets UnicodeDecodeError from tomllib escape (traceback)"
 
 
 def T(*args: str) -> tuple[str, ...]:
@@ -129,6 +143,10 @@ CASES = [
     Case("malformed-uppercase", T("--parallel", "DP=8"), ("--parallel", "DP=8")),
     Case("axis-given-twice", T("--parallel", "dp=2,dp=4"), ("--parallel", "dp")),
     Case("pp-not-implemented-in-train", T("--parallel", "pp=2,dp=4"), ("--parallel", "pp")),
+    Case("layout-cannot-be-placed", T("--mesh", "{tmp}/mesh_3x1.toml", "--parallel", "dp=3,tp=4", "--batch", "30"),
+         ("--parallel", "tp=4")),
+    Case("show-layout-cannot-be-placed", S("{tmp}/mesh_3x1.toml", "--parallel", "dp=3,tp=4"),
+         ("--parallel", "tp=4")),
     # the layout against the model's shapes and the batch
     Case("tp-not-dividing-heads", T("--mesh", "trn2-mini-16", "--parallel", "dp=1,tp=16"),
          ("--parallel", "tp=16", "n_heads")),
@@ -147,6 +165,10 @@ CASES = [
     Case("model-unknown-key", T("--model", "{tmp}/model_unknown_key.toml"), ("n_experts",)),
     Case("model-wrong-type", T("--model", "{tmp}/model_wrong_type.toml"), ("d_model",)),
     Case("model-float-for-int", T("--model", "{tmp}/model_float_for_int.toml"), ("n_layers",)),
+    Case("model-kv-heads-not-dividing-heads", T("--model", "{tmp}/model_kv_not_dividing_heads.toml"),
+         ("n_kv_heads",)),
+    Case("model-not-utf8", T("--model", "{tmp}/model_not_utf8.toml"), ("model_not_utf8.toml",),
+         known_bug=NOT_UTF8_BUG),
     Case("mesh-unknown-key", T("--mesh", "{tmp}/mesh_unknown_key.toml"), ("colour",)),
     Case("show-mesh-unknown-key", S("{tmp}/mesh_unknown_key.toml"), ("colour",)),
     Case("mesh-wrong-type", T("--mesh", "{tmp}/mesh_wrong_type.toml"), ("instances",)),
@@ -155,6 +177,9 @@ CASES = [
          ("bandwidth_gbit",)),
     Case("mesh-nested-wrong-type", T("--mesh", "{tmp}/mesh_nested_wrong_type.toml"), ("hbm_gib",)),
     Case("mesh-bad-toml-syntax", T("--mesh", "{tmp}/mesh_bad_syntax.toml"), ("mesh_bad_syntax.toml", "TOML")),
+    Case("mesh-missing-key", T("--mesh", "{tmp}/mesh_missing_key.toml"), ("default_lnc",)),
+    Case("mesh-not-utf8", T("--mesh", "{tmp}/mesh_not_utf8.toml"), ("mesh_not_utf8.toml",),
+         known_bug=NOT_UTF8_BUG),
     # --lnc
     Case("lnc-unsupported", T("--lnc", "1"), ("--lnc", "1")),
     Case("lnc-zero", T("--lnc", "0"), ("--lnc", "0")),
@@ -181,7 +206,9 @@ CASES = [
     Case("batch-zero", T("--batch", "0"), ("--batch", "0")),
     Case("seq-zero", T("--seq", "0"), ("--seq", "0")),
     Case("lr-zero", T("--lr", "0"), ("--lr", "0")),
-    Case("lr-negative", T("--lr", "-1e-3"), ("--lr",)),
+    Case("lr-negative", T("--lr=-1e-3"), ("--lr", "-0.001")),
+    # argparse (3.11) reads "-1e-3" as an option, not a value: still one line naming --lr.
+    Case("lr-negative-exponent-form", T("--lr", "-1e-3"), ("--lr",)),
     Case("lr-nan", T("--lr", "nan"), ("--lr", "nan")),
     Case("seed-negative", T("--seed", "-1"), ("--seed", "-1")),
     Case("eval-every-negative", T("--eval-every", "-5"), ("--eval-every", "-5")),
@@ -221,7 +248,9 @@ def bad_input_results(request, tmp_path_factory):
     return tmp, futures
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.known_bug, strict=True)] if c.known_bug else [])
+    for c in CASES])
 def test_bad_input_is_one_line_exit_2(case, bad_input_results):
     tmp, futures = bad_input_results
     proc = futures[case.id].result()
