@@ -13,7 +13,6 @@ import enum
 import tomllib
 import types
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,12 +132,10 @@ def builtin_dir(kind: str) -> Path:
     `rainier_jax/meshes` and `rainier_jax/models` (see pyproject.toml), so `rainier` finds them
     from any working directory.
     """
-    try:
-        packaged = Path(str(resources.files(f"rainier_jax.{kind}")))
-        if packaged.is_dir():
-            return packaged
-    except ModuleNotFoundError:
-        pass
+    here = Path(__file__).resolve().parent
+    packaged = here / kind  # an installed package
+    if packaged.is_dir():
+        return packaged
     return Path(__file__).resolve().parent.parent / kind
 
 
