@@ -75,17 +75,18 @@ def cmd_mesh_show(args) -> int:
     from rainier_jax.meshview import render_layout, render_topology
     from rainier_jax.topology import load_topology
 
-    topo = load_topology(args.name, lnc=args.lnc)
+    topo = load_topology(args.name, lnc=args.lnc, flag="mesh show")
+    layout = None if args.parallel is None else parse_layout(args.parallel, topo.num_ranks, allowed=AXES)
+    placement = None if layout is None else place(layout, topo)  # validated before printing anything
     print(render_topology(topo))
-    if args.parallel is not None:
-        layout = parse_layout(args.parallel, topo.num_ranks, allowed=AXES)
+    if layout is not None:
         print()
-        print(render_layout(topo, layout, place(layout, topo)))
+        print(render_layout(topo, layout, placement))
     return 0
 
 
 def _run_config(args):
-    from rainier_jax.train import RunConfig
+    from rainier_jax.run_config import RunConfig
     given = {k: getattr(args, k) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every")
              if getattr(args, k) is not None}
     try:
@@ -99,7 +100,7 @@ def cmd_train(args) -> int:
     from rainier_jax.layout import parse_layout, place, tp_ring_warnings, validate_batch, validate_for_model
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
-    from rainier_jax.transformer import load_model
+    from rainier_jax.model_config import load_model
 
     # Everything the user gave is checked before JAX starts.
     topo = load_topology(args.mesh, lnc=args.lnc)
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rainier: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rainier mesh show … | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 def entry() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from rainier_jax.config import ConfigError
 from rainier_jax.topology import Topology
-from rainier_jax.transformer import ModelConfig
+from rainier_jax.model_config import ModelConfig
 
 # Mesh axis order, slowest-varying first. Every mesh has all four axes (size 1 when unused), so
 # sharding rules never need to ask which axes exist.

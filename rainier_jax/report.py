@@ -6,14 +6,31 @@ Kept apart from the loop so the loop stays about training; `train.train` calls `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from rainier_jax.config import ConfigError
-from rainier_jax.train import StepRecord
+
+
+@dataclasses.dataclass
+class StepRecord:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens_per_s: float
+    eval_loss: float | None = None
+
+    def as_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.eval_loss is None:
+            del out["eval_loss"]
+        return out
 
 
 class MetricsLog:
@@ -74,6 +91,7 @@ class Progress:
             self.bar = tqdm(total=total, initial=0, file=self.stream, unit="step", dynamic_ncols=True,
                             desc="train")
         self.every = max(1, total // 10)
+        self.started = time.perf_counter()
 
     def update(self, rec: StepRecord) -> None:
         self.records.append(rec)
@@ -87,8 +105,9 @@ class Progress:
             if rec.eval_loss is not None:
                 self.bar.write(f"step {rec.step}: eval loss {rec.eval_loss:.4f}")
         elif done % self.every == 0 or done == self.total or rec.eval_loss is not None:
+            eta = (time.perf_counter() - self.started) / done * (self.total - done)
             line = (f"step {rec.step:>6}  loss {rec.loss:.4f}  grad_norm {rec.grad_norm:.3f}  "
-                    f"lr {rec.lr:.2e}  {rec.tokens_per_s:,.0f} tok/s")
+                    f"lr {rec.lr:.2e}  {rec.tokens_per_s:,.0f} tok/s  eta {eta:.0f} s")
             if rec.eval_loss is not None:
                 line += f"  eval_loss {rec.eval_loss:.4f}"
             print(line, file=self.stream, flush=True)

@@ -13,7 +13,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rainier_jax.layout import ParallelLayout
-from rainier_jax.transformer import Constrain, ModelConfig, param_axes
+from rainier_jax.model_config import ModelConfig, param_axes
+from rainier_jax.transformer import Constrain
 
 Rules = dict[str, str | tuple[str, ...] | None]
 

@@ -262,10 +262,10 @@ def _describe_options(options: list[int]) -> str:
     return "--lnc " + ", ".join(values[:-1]) + " or " + values[-1]
 
 
-def load_topology(name_or_path: str, lnc: int | None = None) -> Topology:
+def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--mesh") -> Topology:
     """Load a built-in mesh by name (`trn2-instance`) or a mesh TOML by path, at `lnc` (default:
     the mesh's `default_lnc`). Bad input raises `ConfigError` with one line naming key and fix."""
-    path = resolve_named_file(name_or_path, "meshes", "--mesh")
+    path = resolve_named_file(name_or_path, "meshes", flag)
     data = read_toml(path)
     raw_links = data.get("links")
     missing = [c for c in LINK_CLASSES if isinstance(raw_links, dict) and c not in raw_links]

@@ -8,7 +8,6 @@ after step t+1 has been dispatched, so the host never stalls the devices to log.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable
 
@@ -21,34 +20,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from rainier_jax import data as data_lib
 from rainier_jax import sharding
 from rainier_jax.layout import AXES, ParallelLayout
-from rainier_jax.transformer import ModelConfig, init_params, loss_fn
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The run's settings (CLI flags), validated before anything compiles."""
-    steps: int = 100
-    batch: int = 32
-    seq: int = 128
-    seed: int = 0
-    lr: float = 3e-3
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_batches: int = 4
-
-    def __post_init__(self):
-        checks = [("--steps", self.steps > 0, "a positive number of steps"),
-                  ("--batch", self.batch > 0, "a positive number of sequences"),
-                  ("--seq", self.seq > 0, "a positive sequence length"),
-                  ("--lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
-                  ("--eval-every", self.eval_every >= 0, "0 (only at the end) or a positive interval"),
-                  ("--seed", self.seed >= 0, "a non-negative integer")]
-        for flag, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
+from rainier_jax.model_config import ModelConfig
+from rainier_jax.report import StepRecord
+from rainier_jax.run_config import RunConfig
+from rainier_jax.transformer import init_params, loss_fn
 
 
 def lr_schedule(run: RunConfig) -> Callable[[jax.Array], jax.Array]:
@@ -156,22 +131,6 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     grads = jax.jit(grads_fn, in_shardings=(param_sh, batch_sh), out_shardings=(repl, param_sh))
     return Program(mesh, layout, model, run, state_sh, batch_sh, lambda: init_jit(key), step,
                    eval_loss, grads, compile_seconds)
-
-
-@dataclasses.dataclass
-class StepRecord:
-    step: int
-    loss: float
-    grad_norm: float
-    lr: float
-    tokens_per_s: float
-    eval_loss: float | None = None
-
-    def as_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        if self.eval_loss is None:
-            del out["eval_loss"]
-        return out
 
 
 def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepRecord], None],

@@ -10,7 +10,7 @@ from rainier_jax.layout import (AXES, ParallelLayout, axis_groups, axis_links, p
                                 tp_ring_warnings, validate_batch, validate_for_model)
 from rainier_jax.topology import load_topology
 from rainier_jax.train import build_mesh
-from rainier_jax.transformer import load_model, param_shapes
+from rainier_jax.model_config import load_model, param_shapes
 
 MINI8 = load_topology("trn2-mini-8")
 TRN2 = load_topology("trn2-instance")

@@ -25,8 +25,10 @@ import pytest
 from rainier_jax import data
 from rainier_jax.layout import ParallelLayout, parse_layout, place
 from rainier_jax.topology import load_topology
-from rainier_jax.train import RunConfig, build_mesh, build_program, lr_schedule, train
-from rainier_jax.transformer import decode, embed, init_params, load_model, no_constraint
+from rainier_jax.model_config import load_model
+from rainier_jax.run_config import RunConfig
+from rainier_jax.train import build_mesh, build_program, lr_schedule, train
+from rainier_jax.transformer import decode, embed, init_params, no_constraint
 
 EPS32 = float(np.finfo(np.float32).eps)
 B, T = 16, 64

@@ -1,0 +1,34 @@
+"""The run's settings (the `train` flags that are not hardware, model or layout), validated
+before JAX starts. No JAX here, so the CLI rejects bad values in a fraction of a second."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The run's settings (CLI flags), validated before anything compiles."""
+    steps: int = 100
+    batch: int = 32
+    seq: int = 128
+    seed: int = 0
+    lr: float = 3e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        checks = [("--steps", self.steps > 0, "a positive number of steps"),
+                  ("--batch", self.batch > 0, "a positive number of sequences"),
+                  ("--seq", self.seq > 0, "a positive sequence length"),
+                  ("--lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
+                  ("--eval-every", self.eval_every >= 0, "0 (only at the end) or a positive interval"),
+                  ("--seed", self.seed >= 0, "a non-negative integer")]
+        for flag, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
