@@ -129,8 +129,10 @@ def main() -> int:
 
     if args.write:
         command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_emulation.py", *sys.argv[1:]])
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
         section = (f"\n## {datetime.date.today().isoformat()} — {args.mesh}, default model and batch\n\n"
-                   f"- machine: {machine()}; {load}\n- command: `{command}`\n"
+                   f"- machine: {machine()}; {load}\n- command: `{command}` at commit {commit}\n"
                    f"- {args.steps} steps per run, first {args.warmup} skipped; {args.repeats} runs per "
                    f"configuration, interleaved; medians over runs of each run's median\n\n{table}\n")
         out = ROOT / "docs" / "BENCHMARKS.md"
