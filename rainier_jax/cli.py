@@ -15,6 +15,7 @@ from rainier_jax.config import ConfigError, builtin_names
 
 DEFAULT_MESH = "trn2-mini-8"
 DEFAULT_MODEL = "tiny"
+PRECISIONS = ("fp32",)  # precision policies add their names here
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
     tr.set_defaults(func=cmd_train)
+
+    pa = sub.add_parser("parity", help="check that a layout computes what a reference computes")
+    pa.add_argument("--parallel", default=None, help="candidate layout, e.g. dp=2,fsdp=2,tp=2")
+    pa.add_argument("--matrix", action="store_true",
+                    help="check every layout of the mesh's ranks the model admits, one summary row each")
+    pa.add_argument("--max-layouts", type=int, default=12, help="cap on --matrix layouts [12]")
+    pa.add_argument("--reference", default="single", help="single (one device) or a layout [single]")
+    pa.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="candidate precision (only fp32 exists so far) [fp32]")
+    pa.add_argument("--reference-precision", default="fp32", choices=PRECISIONS,
+                    help="reference precision [fp32]")
+    pa.add_argument("--tolerance", type=float, default=None,
+                    help="override the derived bound: limit on every tensor's relative L2 error and the loss")
+    pa.add_argument("--mesh", default=DEFAULT_MESH, help=f"mesh name or path [{DEFAULT_MESH}]")
+    _add_mesh_flags(pa)
+    pa.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path [{DEFAULT_MODEL}]")
+    pa.add_argument("--steps", type=int, default=3, help="steps compared [3]")
+    pa.add_argument("--batch", type=int, default=16, help="global sequences per step [16]")
+    pa.add_argument("--seq", type=int, default=64, help="sequence length [64]")
+    pa.add_argument("--seed", type=int, default=0, help="seed for parameters and batches [0]")
+    pa.add_argument("--lr", type=float, default=None, help="peak learning rate [3e-3]")
+    pa.add_argument("--data", default=None, help="as for train [Python stdlib sources]")
+    pa.add_argument("--report", default=None,
+                    help="directory for report.json and PNG plots (with --matrix: one subdirectory per layout)")
+    pa.set_defaults(func=cmd_parity)
     return parser
 
 
@@ -87,8 +113,8 @@ def cmd_mesh_show(args) -> int:
 
 def _run_config(args):
     from rainier_jax.run_config import RunConfig
-    given = {k: getattr(args, k) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every")
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k, None) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every")}
+    given = {k: v for k, v in given.items() if v is not None}
     try:
         return RunConfig(**given)
     except ValueError as e:
@@ -120,18 +146,11 @@ def cmd_train(args) -> int:
 
 
 def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
-    import jax
-    import numpy as np
-
     from rainier_jax.layout import axis_links, describe_links
     from rainier_jax.report import Progress, summary
-    from rainier_jax.train import build_mesh, build_program, train
+    from rainier_jax.train import build_program, mesh_on_ranks, train
 
-    devices = jax.devices()
-    if len(devices) != topo.num_ranks:  # JAX was started before the CLI could size it
-        raise ConfigError(f"--mesh {topo.name}: needs {topo.num_ranks} CPU devices but JAX has "
-                          f"{len(devices)}; run rainier in a fresh process")
-    mesh = build_mesh(layout, np.array(devices)[placement])
+    mesh = mesh_on_ranks(layout, placement)
     print(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
     for al in axis_links(layout, topo, placement):
         print(f"  {describe_links(al)}")
@@ -160,10 +179,106 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
     return 0
 
 
+def cmd_parity(args) -> int:
+    from rainier_jax import data as data_lib
+    from rainier_jax.layout import (ParallelLayout, admissible_layouts, parse_layout, place,
+                                    validate_batch, validate_for_model)
+    from rainier_jax.model_config import load_model
+    from rainier_jax.topology import load_topology
+
+    topo = load_topology(args.mesh, lnc=args.lnc)
+    model = load_model(args.model)
+    run = _run_config(args)
+    if args.matrix == (args.parallel is not None):
+        raise ConfigError("parity: give either --parallel LAYOUT or --matrix (exactly one)")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise ConfigError(f"--tolerance {args.tolerance}: must be a positive relative error, e.g. 1e-5")
+    if args.max_layouts <= 0:
+        raise ConfigError(f"--max-layouts {args.max_layouts}: must be a positive number")
+    if args.matrix:
+        candidates = admissible_layouts(topo, model, run.batch)[:args.max_layouts]
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
+    else:
+        candidates = [parse_layout(args.parallel, topo.num_ranks)]
+    reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
+    for layout, flag in [(c, "--parallel") for c in candidates] + ([(reference, "--reference")] if reference else []):
+        validate_for_model(layout, model, flag=flag)
+        if flag == "--reference":  # the candidates' batch errors name --batch already
+            try:
+                validate_batch(layout, run.batch)
+            except ConfigError:
+                raise ConfigError(f"--reference {args.reference}: --batch {run.batch} is not divisible by its "
+                                  f"data axes dp×fsdp = {layout.data_size}") from None
+        else:
+            validate_batch(layout, run.batch)
+    report_dir = _writable_dir(args.report) if args.report else None
+    corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+
+    _start_jax(topo.num_ranks)
+    import numpy as np
+
+    from rainier_jax.parity import Bound, run_parity
+    from rainier_jax.parity_report import MATRIX_HEADER, format_result, matrix_row, write_report
+    from rainier_jax.train import build_program, mesh_on_ranks
+
+    eps = float(np.finfo(np.float32).eps)
+    ref_layout = reference or ParallelLayout()
+    ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None), run)
+    ref_name = str(reference) if reference else "single"
+    settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
+                "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": args.precision,
+                "reference_precision": args.reference_precision, "corpus_sha256": corpus.sha256}
+    results = []
+    if args.matrix:
+        print(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
+              f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {args.precision})")
+        print(MATRIX_HEADER, flush=True)
+    for layout in candidates:
+        same = reference is not None and layout == reference and args.precision == args.reference_precision
+        bound = (Bound("override", eps, override=args.tolerance) if args.tolerance is not None
+                 else Bound("bitwise" if same else "derived", eps))
+        prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), run)
+        result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=str(layout))
+        results.append(result)
+        if args.matrix:
+            print(matrix_row(result), flush=True)
+        else:
+            print(format_result(result, header=(
+                f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
+                f"batch {run.batch} × seq {run.seq}, {args.precision} vs {args.reference_precision})")))
+        if report_dir is not None:
+            write_report(result, report_dir / str(layout) if args.matrix else report_dir,
+                         {**settings, "candidate": str(layout), "reference": ref_name})
+    failed = [r for r in results if not r.passed]
+    if args.matrix:
+        print(f"{len(results) - len(failed)} of {len(results)} layouts pass"
+              + (f"; first failure: {failed[0].candidate}: {failed[0].first_violation}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _writable_dir(path: str):
+    from pathlib import Path
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"--report {path}: exists and is not a directory; give a directory path")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".rainier-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--report {path}: cannot write there ({e.strerror}); give a writable directory") from None
+    return d
+
+
 def _start_jax(num_devices: int) -> None:
     import jax
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", num_devices)
+    if len(jax.devices()) != num_devices:  # JAX was started before the CLI could size it
+        raise ConfigError(f"needs {num_devices} CPU devices but JAX already has {len(jax.devices())}; "
+                          "run rainier in a fresh process")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,47 +54,48 @@ class ParallelLayout:
         return ",".join(parts) or "single"
 
 
-def parse_layout(text: str | None, num_ranks: int, *, allowed=TRAIN_AXES) -> ParallelLayout:
-    """`dp=2,tp=4` → ParallelLayout; omitted axes are 1; no text means dp over every rank."""
+def parse_layout(text: str | None, num_ranks: int, *, allowed=TRAIN_AXES, flag: str = "--parallel") -> ParallelLayout:
+    """`dp=2,tp=4` → ParallelLayout; omitted axes are 1; no text means dp over every rank.
+    `flag` names the option in error messages (`--parallel`, `--reference`)."""
     if text is None:
         return ParallelLayout(dp=num_ranks)
     sizes: dict[str, int] = {}
     for part in text.split(","):
         m = re.fullmatch(r"\s*([a-z]+)\s*=\s*(-?\d+)\s*", part)
         if not m:
-            raise ConfigError(f"--parallel {text}: cannot read '{part}' (expected AXIS=N, e.g. dp=2,tp=4)")
+            raise ConfigError(f"{flag} {text}: cannot read '{part}' (expected AXIS=N, e.g. dp=2,tp=4)")
         axis, n = m.group(1), int(m.group(2))
         if axis not in AXES:
-            raise ConfigError(f"--parallel {text}: unknown axis '{axis}' (axes: {', '.join(allowed)})")
+            raise ConfigError(f"{flag} {text}: unknown axis '{axis}' (axes: {', '.join(allowed)})")
         if axis not in allowed:
-            raise ConfigError(f"--parallel {text}: axis '{axis}' is not available here "
+            raise ConfigError(f"{flag} {text}: axis '{axis}' is not available here "
                               f"(pipeline parallelism is not implemented yet; use {', '.join(allowed)})")
         if axis in sizes:
-            raise ConfigError(f"--parallel {text}: axis '{axis}' given twice")
+            raise ConfigError(f"{flag} {text}: axis '{axis}' given twice")
         if n <= 0:
-            raise ConfigError(f"--parallel {text}: {axis}={n} must be a positive integer")
+            raise ConfigError(f"{flag} {text}: {axis}={n} must be a positive integer")
         sizes[axis] = n
     layout = ParallelLayout(**sizes)
     if layout.size != num_ranks:
-        raise ConfigError(f"--parallel {text}: the axis sizes multiply to {layout.size} but the mesh has "
+        raise ConfigError(f"{flag} {text}: the axis sizes multiply to {layout.size} but the mesh has "
                           f"{num_ranks} ranks; make the product {num_ranks} (e.g. dp={num_ranks})")
     return layout
 
 
-def validate_for_model(layout: ParallelLayout, cfg: ModelConfig) -> None:
+def validate_for_model(layout: ParallelLayout, cfg: ModelConfig, flag: str = "--parallel") -> None:
     """Reject layouts the model's shapes cannot be split by, naming the dimension and the fix."""
     tp, fsdp = layout.tp, layout.fsdp
     for key, n in (("n_heads", cfg.n_heads), ("mlp_dim", cfg.mlp_dim), ("vocab_size", cfg.vocab_size)):
         if n % tp:
-            raise ConfigError(f"--parallel {layout}: tp={tp} does not divide the model's {key} ({n}); "
+            raise ConfigError(f"{flag} {layout}: tp={tp} does not divide the model's {key} ({n}); "
                               f"choose tp among {_divisors(n)}")
     g = cfg.n_kv_heads
     if g % tp and tp % g:
-        raise ConfigError(f"--parallel {layout}: tp={tp} and the model's n_kv_heads ({g}) must divide "
+        raise ConfigError(f"{flag} {layout}: tp={tp} and the model's n_kv_heads ({g}) must divide "
                           f"one another (kv heads are split when tp divides them, replicated when they "
                           f"divide tp); choose tp among {_divisors(g)} or a multiple of {g}")
     if cfg.d_model % fsdp:
-        raise ConfigError(f"--parallel {layout}: fsdp={fsdp} does not divide the model's d_model "
+        raise ConfigError(f"{flag} {layout}: fsdp={fsdp} does not divide the model's d_model "
                           f"({cfg.d_model}); choose fsdp among {_divisors(cfg.d_model)}")
 
 
@@ -290,3 +291,32 @@ def _ranks_text(g) -> str:
 def describe_links(al: AxisLinks) -> str:
     classes = ", ".join(f"{c} ×{al.classes[c]}" for c in LINK_ORDER if c in al.classes)
     return f"{al.axis}={al.size}: crosses {al.slowest} (ring steps: {classes}; max {al.max_hops} hops)"
+
+
+def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, axes=TRAIN_AXES) -> list[ParallelLayout]:
+    """Every factorisation of the mesh's rank count over `axes` that the model, the batch and the
+    placement accept, in a fixed order (most data-parallel first)."""
+    n = topo.num_ranks
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    found = []
+
+    def extend(sizes: dict[str, int], rest: list[str], left: int):
+        if not rest:
+            if left == 1:
+                found.append(ParallelLayout(**sizes))
+            return
+        for d in divisors:
+            if left % d == 0:
+                extend({**sizes, rest[0]: d}, rest[1:], left // d)
+
+    extend({}, list(axes), n)
+    ok = []
+    for layout in found:
+        try:
+            validate_for_model(layout, cfg)
+            validate_batch(layout, batch)
+            place(layout, topo)
+        except ConfigError:
+            continue
+        ok.append(layout)
+    return sorted(ok, key=lambda l: (-l.dp, -l.fsdp, l.tp, l.pp))

@@ -65,6 +65,13 @@ def build_mesh(layout: ParallelLayout, devices: np.ndarray) -> Mesh:
                 axis_types=(AxisType.Auto,) * len(AXES))
 
 
+def mesh_on_ranks(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
+    """The mesh whose entry at each position is emulated rank `placement[...]` (device r is rank r);
+    `placement=None` means one device (the single-device reference)."""
+    devices = np.array(jax.devices())
+    return build_mesh(layout, devices[:1] if placement is None else devices[placement])
+
+
 @dataclasses.dataclass
 class Program:
     """Everything compiled for one (model, layout, mesh, run)."""
