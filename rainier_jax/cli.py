@@ -204,14 +204,7 @@ def cmd_parity(args) -> int:
     reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
     for layout, flag in [(c, "--parallel") for c in candidates] + ([(reference, "--reference")] if reference else []):
         validate_for_model(layout, model, flag=flag)
-        if flag == "--reference":  # the candidates' batch errors name --batch already
-            try:
-                validate_batch(layout, run.batch)
-            except ConfigError:
-                raise ConfigError(f"--reference {args.reference}: --batch {run.batch} is not divisible by its "
-                                  f"data axes dp×fsdp = {layout.data_size}") from None
-        else:
-            validate_batch(layout, run.batch)
+        validate_batch(layout, run.batch, flag=flag)
     report_dir = _writable_dir(args.report) if args.report else None
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 

@@ -99,12 +99,12 @@ def validate_for_model(layout: ParallelLayout, cfg: ModelConfig, flag: str = "--
                           f"({cfg.d_model}); choose fsdp among {_divisors(cfg.d_model)}")
 
 
-def validate_batch(layout: ParallelLayout, batch: int) -> None:
+def validate_batch(layout: ParallelLayout, batch: int, flag: str = "--parallel") -> None:
     if batch <= 0:
         raise ConfigError(f"--batch {batch}: must be a positive number of sequences")
     if batch % layout.data_size:
-        raise ConfigError(f"--batch {batch}: not divisible by the data axes dp×fsdp = {layout.data_size}; "
-                          f"use a multiple of {layout.data_size}")
+        raise ConfigError(f"--batch {batch}: not divisible by the data axes dp×fsdp = {layout.data_size} "
+                          f"of {flag} {layout}; use a multiple of {layout.data_size}")
 
 
 def _divisors(n: int) -> str:

@@ -97,7 +97,6 @@ def _plots(r: ParityResult, directory: Path) -> None:
     matplotlib.use("Agg")  # files only; no display
     import matplotlib.pyplot as plt
 
-    meta = {"Software": None}  # no version/date stamps: identical runs give identical files
     steps = range(1, len(r.loss_ref) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(steps, [max(_rel(a, b), 1e-12) for a, b in zip(r.loss_ref, r.loss_cand)], "o-",
@@ -105,13 +104,8 @@ def _plots(r: ParityResult, directory: Path) -> None:
     ax.semilogy(steps, [max(_rel(a, b), 1e-12) for a, b in zip(r.free_loss_ref, r.free_loss_cand)], "s--",
                 label="free-running")
     ax.axhline(max(r.loss_limit, 1e-12), color="red", lw=1, label="lock-step limit")
-    ax.set_xlabel("step")
-    ax.set_ylabel("relative loss difference (floor 1e-12)")
-    ax.set_title(f"{r.candidate} vs {r.reference}: loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "loss_diff.png", dpi=100, metadata=meta)
-    plt.close(fig)
+    _finish(fig, ax, "step", "relative loss difference (floor 1e-12)",
+            f"{r.candidate} vs {r.reference}: loss", directory / "loss_diff.png")
 
     # Per-layer gradient error: worst tensor of each depth, against the depth's limit.
     by_depth: dict[int, float] = {}
@@ -123,10 +117,17 @@ def _plots(r: ParityResult, directory: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(depths, [max(by_depth[d], 1e-12) for d in depths], "o-", label="worst rel_l2")
     ax.semilogy(depths, [max(limits[d], 1e-12) for d in depths], "r-", lw=1, label="limit")
-    ax.set_xlabel("depth (0 = head … L+1 = embedding)")
-    ax.set_ylabel("gradient relative L2 error")
-    ax.set_title(f"{r.candidate} vs {r.reference}: gradients by layer")
+    _finish(fig, ax, "depth (0 = head … L+1 = embedding)", "gradient relative L2 error",
+            f"{r.candidate} vs {r.reference}: gradients by layer", directory / "grad_error_by_layer.png")
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(directory / "grad_error_by_layer.png", dpi=100, metadata=meta)
+    # No software/date stamps in the PNG: identical runs give identical files.
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
