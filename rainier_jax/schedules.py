@@ -1,0 +1,217 @@
+"""Pipeline schedules as data: a table of (tick, device) → at most one forward and one backward.
+
+A pipeline of P devices runs G = P·V model chunks ("virtual stages"); chunk g lives on device
+g mod P. A work item is (chunk, microbatch). Each schedule is built by one small simulator that
+executes, on every device, the next item of that device's forward order and of its backward order
+as soon as its inputs have arrived (sent in an earlier tick), optionally holding forwards back to
+bound the activations a device keeps. The policies differ only in those orders and limits:
+
+* gpipe — all forwards, then all backwards; a device keeps every microbatch's activations (M·V).
+* 1f1b — forwards in order, but a device starts a new microbatch only while fewer than P − p are
+  in flight on it (p its index): after a warm-up, each tick pairs a forward with a backward.
+* interleaved — 1f1b over V chunks per device, in Megatron's order: microbatches in groups of P,
+  each group through chunk 0, then chunk 1, … (backwards in reverse chunk order).
+
+Time model (for bubbles): devices advance in lock step; a tick lasts F if any device runs a
+forward, plus B if any runs a backward, where F = B = 1/V (a chunk holds 1/V of a device's layers).
+Each device's useful work is 2·M, so bubble = 1 − 2M / total time — the textbook (P−1)/(M+P−1) for
+GPipe and 1F1B and (P−1)/(V·M+P−1) for interleaved (tests/test_schedules.py checks both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+
+import numpy as np
+
+from rainier_jax.config import ConfigError
+
+IDLE = -1
+
+
+class ScheduleKind(str, Enum):
+    GPIPE = "gpipe"
+    ONE_F_ONE_B = "1f1b"
+    INTERLEAVED = "interleaved"
+
+
+SCHEDULES = tuple(k.value for k in ScheduleKind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """`fwd[t, p]` / `bwd[t, p]` = (chunk, microbatch) that device p runs at tick t, or (-1, -1)."""
+    kind: ScheduleKind
+    P: int
+    M: int
+    V: int
+    fwd: np.ndarray   # int32 [ticks, P, 2]
+    bwd: np.ndarray   # int32 [ticks, P, 2]
+
+    @property
+    def ticks(self) -> int:
+        return self.fwd.shape[0]
+
+    @property
+    def num_chunks(self) -> int:
+        return self.P * self.V
+
+    def total_time(self) -> float:
+        """Lock-step time in units of a full stage's forward (F = B = 1/V per chunk)."""
+        work = (self.fwd[:, :, 0] != IDLE).astype(int) + (self.bwd[:, :, 0] != IDLE).astype(int)
+        return float(work.max(axis=1).sum()) / self.V
+
+    def bubble(self) -> float:
+        return 1.0 - 2.0 * self.M / self.total_time()
+
+    def theoretical_bubble(self) -> float:
+        if self.kind is ScheduleKind.INTERLEAVED:
+            return (self.P - 1) / (self.V * self.M + self.P - 1)
+        return (self.P - 1) / (self.M + self.P - 1)
+
+    def in_flight(self) -> np.ndarray:
+        """`[ticks, P]`: microbatch-chunks whose activations a device holds during each tick
+        (forward done or running, backward not yet finished)."""
+        held = np.zeros((self.ticks, self.P), dtype=np.int32)
+        for p in range(self.P):
+            live = 0
+            for t in range(self.ticks):
+                if self.fwd[t, p, 0] != IDLE:
+                    live += 1
+                held[t, p] = live
+                if self.bwd[t, p, 0] != IDLE:
+                    live -= 1
+        return held
+
+    def peak_in_flight(self) -> list[int]:
+        return self.in_flight().max(axis=0).tolist()
+
+
+def _orders(kind: ScheduleKind, P: int, M: int, V: int, p: int):
+    chunks = [v * P + p for v in range(V)]
+    if kind is ScheduleKind.INTERLEAVED:
+        groups = [range(k, min(k + P, M)) for k in range(0, M, P)]
+        fwd = [(g, m) for grp in groups for g in chunks for m in grp]
+        bwd = [(g, m) for grp in groups for g in reversed(chunks) for m in grp]
+    else:
+        fwd = [(chunks[0], m) for m in range(M)]
+        bwd = [(chunks[0], m) for m in range(M)]
+    return fwd, bwd
+
+
+def _limit(kind: ScheduleKind, P: int, M: int, V: int, p: int) -> int:
+    """How many microbatch-chunks device p may hold before it must wait for a backward."""
+    if kind is ScheduleKind.GPIPE:
+        return M * V
+    if kind is ScheduleKind.ONE_F_ONE_B:
+        return P - p
+    # Megatron's interleaved warm-up: (P − p − 1)·2 + (V − 1)·P forwards before the first
+    # backward, plus the one that pairs with it.
+    return min(M * V, 2 * (P - p - 1) + (V - 1) * P + 1)
+
+
+def build_schedule(kind: ScheduleKind | str, P: int, M: int, V: int = 1) -> Schedule:
+    kind = ScheduleKind(kind)
+    validate(kind, P, M, V)
+    G = P * V
+    fwd_order = [_orders(kind, P, M, V, p)[0] for p in range(P)]
+    bwd_order = [_orders(kind, P, M, V, p)[1] for p in range(P)]
+    limits = [_limit(kind, P, M, V, p) for p in range(P)]
+    f_done: dict[tuple[int, int], int] = {}   # (chunk, mb) → tick its forward ran
+    b_done: dict[tuple[int, int], int] = {}
+    nf, nb = [0] * P, [0] * P
+    fwd_rows, bwd_rows = [], []
+    t = 0
+    while any(nb[p] < len(bwd_order[p]) for p in range(P)):
+        if t > 4 * G * M + 4 * G:   # a policy bug, not user input
+            raise RuntimeError(f"{kind.value} schedule for P={P}, M={M}, V={V} does not finish")
+        f_row = np.full((P, 2), IDLE, np.int32)
+        b_row = np.full((P, 2), IDLE, np.int32)
+        for p in range(P):
+            # One op per device per tick (the time model the bubble formulas assume), the
+            # forward first whenever the in-flight limit allows one: that is what keeps the
+            # next device fed (backward-first starves interleaved pipelines).
+            if nf[p] < len(fwd_order[p]) and nf[p] - nb[p] < limits[p]:
+                g, m = fwd_order[p][nf[p]]
+                src = f_done.get((g - 1, m)) if g > 0 else -1
+                if src is not None and src < t:
+                    f_row[p] = (g, m)
+                    continue
+            if nb[p] < len(bwd_order[p]):
+                g, m = bwd_order[p][nb[p]]
+                src = b_done.get((g + 1, m)) if g < G - 1 else f_done.get((g, m))
+                gpipe_wait = kind is ScheduleKind.GPIPE and nf[p] < len(fwd_order[p])
+                if src is not None and src < t and not gpipe_wait:
+                    b_row[p] = (g, m)
+        for p in range(P):
+            if f_row[p, 0] != IDLE:
+                f_done[tuple(f_row[p])] = t
+                nf[p] += 1
+            if b_row[p, 0] != IDLE:
+                b_done[tuple(b_row[p])] = t
+                nb[p] += 1
+        fwd_rows.append(f_row)
+        bwd_rows.append(b_row)
+        t += 1
+    return Schedule(kind, P, M, V, np.stack(fwd_rows), np.stack(bwd_rows))
+
+
+def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None) -> None:
+    """Bad pipeline settings → one line naming the flag and the fix."""
+    if P < 1:
+        raise ConfigError(f"--pp {P}: must be a positive number of stages")
+    if M < 1:
+        raise ConfigError(f"--microbatches {M}: must be a positive number")
+    if V < 1:
+        raise ConfigError(f"--virtual-stages {V}: must be a positive number")
+    if kind is ScheduleKind.INTERLEAVED:
+        if V < 2:
+            raise ConfigError(f"--virtual-stages {V}: the interleaved schedule needs at least 2 "
+                              "virtual stages per device (e.g. --virtual-stages 2)")
+        if M % P:
+            raise ConfigError(f"--microbatches {M}: the interleaved schedule runs microbatches in groups "
+                              f"of pp={P}; use a multiple of {P}")
+    elif V != 1:
+        raise ConfigError(f"--virtual-stages {V}: only the interleaved schedule uses virtual stages "
+                          f"(use --schedule interleaved, or --virtual-stages 1)")
+    if kind is not ScheduleKind.GPIPE and M < P:
+        raise ConfigError(f"--microbatches {M}: {kind.value} needs at least as many microbatches as "
+                          f"stages (pp={P}); use --microbatches {P} or more")
+    if n_layers is not None and n_layers % (P * V):
+        raise ConfigError(f"--pp {P}: the model's {n_layers} layers do not split into pp×virtual stages = "
+                          f"{P * V} equal chunks; choose pp×V dividing {n_layers}")
+
+
+def check_table(s: Schedule) -> list[str]:
+    """Independent check of a table's dependencies and per-tick limits; returns the violations."""
+    problems = []
+    f_at, b_at = {}, {}
+    for t in range(s.ticks):
+        for p in range(s.P):
+            for table, at, name in ((s.fwd, f_at, "forward"), (s.bwd, b_at, "backward")):
+                g, m = (int(v) for v in table[t, p])
+                if g == IDLE:
+                    continue
+                if g % s.P != p:
+                    problems.append(f"tick {t}: chunk {g} runs on device {p}, not {g % s.P}")
+                if (g, m) in at:
+                    problems.append(f"tick {t}: {name} of chunk {g} microbatch {m} runs twice")
+                at[(g, m)] = t
+            # The table holds one forward and one backward slot per device and tick; the two must
+            # belong to different microbatches.
+            if s.fwd[t, p, 0] != IDLE and s.bwd[t, p, 0] != IDLE and s.fwd[t, p, 1] == s.bwd[t, p, 1]:
+                problems.append(f"tick {t}: device {p} runs forward and backward of one microbatch")
+    G = s.num_chunks
+    for g in range(G):
+        for m in range(s.M):
+            if (g, m) not in f_at or (g, m) not in b_at:
+                problems.append(f"chunk {g} microbatch {m}: missing forward or backward")
+                continue
+            if g > 0 and not f_at.get((g - 1, m), s.ticks) < f_at[(g, m)]:
+                problems.append(f"microbatch {m}: forward on chunk {g} does not follow chunk {g - 1}")
+            if not f_at[(g, m)] < b_at[(g, m)]:
+                problems.append(f"microbatch {m}: backward on chunk {g} before its forward")
+            if g < G - 1 and not b_at.get((g + 1, m), s.ticks) < b_at[(g, m)]:
+                problems.append(f"microbatch {m}: backward on chunk {g} does not follow chunk {g + 1}")
+    return problems
