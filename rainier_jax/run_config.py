@@ -21,6 +21,11 @@ class RunConfig:
     grad_clip: float = 1.0
     eval_every: int = 50
     eval_batches: int = 4
+    # Pipeline: microbatches per data-parallel replica per step (with pp=1: gradient accumulation),
+    # the schedule that orders them, and model chunks per pipeline device (interleaved only).
+    microbatches: int = 1
+    schedule: str = "1f1b"
+    virtual_stages: int = 1
 
     def __post_init__(self):
         checks = [("--steps", self.steps > 0, "a positive number of steps"),

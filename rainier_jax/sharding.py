@@ -23,7 +23,7 @@ def param_rules(layout: ParallelLayout, cfg: ModelConfig) -> Rules:
     """Megatron-style tensor parallelism (column-parallel q/k/v/gate/up, row-parallel o/down,
     vocabulary-parallel embedding and head) plus FSDP over the model dimension."""
     return {
-        "layers": None,
+        "layers": "pp",   # pipeline stages hold contiguous blocks of layers (size-1 axis otherwise)
         "vocab": "tp",
         "embed": "fsdp",
         "heads": "tp",

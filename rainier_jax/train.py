@@ -22,7 +22,9 @@ from rainier_jax import sharding
 from rainier_jax.layout import AXES, ParallelLayout
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.report import StepRecord
+from rainier_jax.pipeline import pipeline_loss_and_grads
 from rainier_jax.run_config import RunConfig
+from rainier_jax.schedules import build_schedule
 from rainier_jax.transformer import init_params, loss_fn
 
 
@@ -107,8 +109,17 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
         params = init_params(model, key)
         return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
+    if layout.pp > 1 or run.microbatches > 1:
+        pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+
+        def loss_and_grads(params, batch):
+            return pipeline_loss_and_grads(params, batch, model, pipe, mesh, layout, constrain)
+    else:
+        def loss_and_grads(params, batch):
+            return jax.value_and_grad(loss_fn)(params, batch, model, constrain)
+
     def step_fn(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model, constrain)
+        loss, grads = loss_and_grads(state.params, batch)
         grad_norm = optax.tree.norm(grads)  # before clipping, as logged
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -117,9 +128,6 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
 
     def eval_fn(params, batches):
         return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain), batches))
-
-    def grads_fn(params, batch):
-        return jax.value_and_grad(loss_fn)(params, batch, model, constrain)
 
     key = jax.random.key(run.seed)
     init_jit = jax.jit(init_fn, out_shardings=state_sh)
@@ -135,7 +143,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     eval_loss = jax.jit(eval_fn, in_shardings=(param_sh, eval_sh), out_shardings=repl
                         ).lower(state_abs.params, evals_abs).compile()
     compile_seconds = time.perf_counter() - t0
-    grads = jax.jit(grads_fn, in_shardings=(param_sh, batch_sh), out_shardings=(repl, param_sh))
+    grads = jax.jit(loss_and_grads, in_shardings=(param_sh, batch_sh), out_shardings=(repl, param_sh))
     return Program(mesh, layout, model, run, state_sh, batch_sh, lambda: init_jit(key), step,
                    eval_loss, grads, compile_seconds)
 

@@ -129,15 +129,22 @@ def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain) -> jax.Arra
     return constrain(x_BxTxD, ("batch", "seq", "embed"))
 
 
-def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-           constrain: Constrain = no_constraint) -> jax.Array:
-    """Blocks → final norm → logits, from input embeddings (the causality test enters here)."""
+def run_layers(layers: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
+               constrain: Constrain = no_constraint) -> jax.Array:
+    """A stack of blocks (`layers` leaves have a leading layer axis) under `lax.scan`; pipeline
+    stages call this on their own slice of the stack."""
     rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_theta)
 
     def step(x, layer_params):
         return block(layer_params, x, rope, cfg, constrain), None
 
-    x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, params["layers"])
+    x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, layers)
+    return x_BxTxD
+
+
+def head(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
+         constrain: Constrain = no_constraint) -> jax.Array:
+    """Final norm → logits. Reads `final_norm` and `head` (or, tied, `embed`) from `params`."""
     x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
     if cfg.tie_embeddings:
         table_VxD = constrain(params["embed"], ("vocab", "embed"))
@@ -145,6 +152,12 @@ def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
     else:
         logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, params["head"])
     return constrain(logits_BxTxV, ("batch", "seq", "vocab"))
+
+
+def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
+           constrain: Constrain = no_constraint) -> jax.Array:
+    """Blocks → final norm → logits, from input embeddings (the causality test enters here)."""
+    return head(params, run_layers(params["layers"], x_BxTxD, cfg, constrain), cfg, constrain)
 
 
 def forward(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig,
