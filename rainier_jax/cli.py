@@ -28,6 +28,14 @@ def _add_mesh_flags(p: argparse.ArgumentParser) -> None:
                    help="logical NeuronCore setting (trn2: 2 → 4 ranks per chip, 1 → 8); default from the mesh file")
 
 
+def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schedule", default=None, help="pipeline schedule: gpipe, 1f1b or interleaved [1f1b]")
+    p.add_argument("--microbatches", type=int, default=None,
+                   help="microbatches per data-parallel replica per step; with pp=1, gradient accumulation [1]")
+    p.add_argument("--virtual-stages", type=int, default=None,
+                   help="model chunks per pipeline device (interleaved schedule) [1]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rainier", description="Emulate Trainium2 training on CPU with JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default=None,
                     help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
+    _add_pipeline_flags(tr)
     tr.set_defaults(func=cmd_train)
 
     pa = sub.add_parser("parity", help="check that a layout computes what a reference computes")
@@ -81,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--seed", type=int, default=0, help="seed for parameters and batches [0]")
     pa.add_argument("--lr", type=float, default=None, help="peak learning rate [3e-3]")
     pa.add_argument("--data", default=None, help="as for train [Python stdlib sources]")
+    _add_pipeline_flags(pa)
     pa.add_argument("--report", default=None,
                     help="directory for report.json and PNG plots (with --matrix: one subdirectory per layout)")
     pa.set_defaults(func=cmd_parity)
@@ -106,12 +116,12 @@ def cmd_mesh_list(args) -> int:
 
 
 def cmd_mesh_show(args) -> int:
-    from rainier_jax.layout import AXES, parse_layout, place
+    from rainier_jax.layout import parse_layout, place
     from rainier_jax.meshview import render_layout, render_topology
     from rainier_jax.topology import load_topology
 
     topo = load_topology(args.name, lnc=args.lnc, flag="mesh show")
-    layout = None if args.parallel is None else parse_layout(args.parallel, topo.num_ranks, allowed=AXES)
+    layout = None if args.parallel is None else parse_layout(args.parallel, topo.num_ranks)
     placement = None if layout is None else place(layout, topo)  # validated before printing anything
     print(render_topology(topo))
     if layout is not None:
@@ -122,7 +132,8 @@ def cmd_mesh_show(args) -> int:
 
 def _run_config(args):
     from rainier_jax.run_config import RunConfig
-    given = {k: getattr(args, k, None) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every")}
+    given = {k: getattr(args, k, None) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every",
+                                                 "microbatches", "schedule", "virtual_stages")}
     given = {k: v for k, v in given.items() if v is not None}
     try:
         return RunConfig(**given)
@@ -132,7 +143,8 @@ def _run_config(args):
 
 def cmd_train(args) -> int:
     from rainier_jax import data as data_lib
-    from rainier_jax.layout import parse_layout, place, tp_ring_warnings, validate_batch, validate_for_model
+    from rainier_jax.layout import (layout_warnings, parse_layout, place, validate_batch, validate_for_model,
+                                    validate_pipeline)
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
     from rainier_jax.model_config import load_model
@@ -143,12 +155,14 @@ def cmd_train(args) -> int:
     layout = parse_layout(args.parallel, topo.num_ranks)
     validate_for_model(layout, model)
     run = _run_config(args)
-    validate_batch(layout, run.batch)
+    validate_pipeline(layout, model, schedule=run.schedule, microbatches=run.microbatches,
+                      virtual_stages=run.virtual_stages)
+    validate_batch(layout, run.batch, microbatches=run.microbatches)
     placement = place(layout, topo)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     metrics = MetricsLog(args.metrics, first_step=1) if args.metrics else None
 
-    for w in tp_ring_warnings(layout, topo, placement):
+    for w in layout_warnings(layout, topo, placement):
         print(w, file=sys.stderr)
     _start_jax(topo.num_ranks)
     return _run_training(topo, model, layout, placement, run, corpus, metrics)
@@ -165,6 +179,12 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
         print(f"  {describe_links(al)}")
     print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
+    if layout.pp > 1 or run.microbatches > 1:
+        from rainier_jax.schedules import build_schedule
+        pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+        print(f"pipeline: {run.schedule}, pp={layout.pp}, {run.microbatches} microbatches per replica"
+              + (f", {run.virtual_stages} virtual stages" if run.virtual_stages > 1 else "")
+              + f"; bubble {pipe.bubble():.3f}; peak in-flight per stage {pipe.peak_in_flight()}")
     print(corpus.describe(), flush=True)
 
     t0 = time.perf_counter()
@@ -191,7 +211,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
 def cmd_parity(args) -> int:
     from rainier_jax import data as data_lib
     from rainier_jax.layout import (ParallelLayout, admissible_layouts, parse_layout, place,
-                                    validate_batch, validate_for_model)
+                                    validate_batch, validate_for_model, validate_pipeline)
     from rainier_jax.model_config import load_model
     from rainier_jax.topology import load_topology
 
@@ -205,7 +225,8 @@ def cmd_parity(args) -> int:
     if args.max_layouts <= 0:
         raise ConfigError(f"--max-layouts {args.max_layouts}: must be a positive number")
     if args.matrix:
-        candidates = admissible_layouts(topo, model, run.batch)[:args.max_layouts]
+        candidates = admissible_layouts(topo, model, run.batch, schedule=run.schedule, microbatches=run.microbatches,
+                                        virtual_stages=run.virtual_stages)[:args.max_layouts]
         if not candidates:
             raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
     else:
@@ -213,7 +234,9 @@ def cmd_parity(args) -> int:
     reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
     for layout, flag in [(c, "--parallel") for c in candidates] + ([(reference, "--reference")] if reference else []):
         validate_for_model(layout, model, flag=flag)
-        validate_batch(layout, run.batch, flag=flag)
+        validate_pipeline(layout, model, schedule=run.schedule, microbatches=run.microbatches,
+                          virtual_stages=run.virtual_stages)
+        validate_batch(layout, run.batch, flag=flag, microbatches=run.microbatches)
     report_dir = _writable_dir(args.report) if args.report else None
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 
@@ -230,7 +253,8 @@ def cmd_parity(args) -> int:
     ref_name = str(reference) if reference else "single"
     settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
                 "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": args.precision,
-                "reference_precision": args.reference_precision, "corpus_sha256": corpus.sha256}
+                "reference_precision": args.reference_precision, "corpus_sha256": corpus.sha256,
+                "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
     results = []
     if args.matrix:
         print(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
@@ -263,12 +287,11 @@ def cmd_schedule(args) -> int:
     from pathlib import Path
 
     from rainier_jax.schedule_view import render_text, write_png, write_trace
-    from rainier_jax.schedules import SCHEDULES, build_schedule, validate
+    from rainier_jax.schedules import SCHEDULES, ScheduleKind, build_schedule, validate
 
     if args.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule {args.schedule}: unknown schedule (choose {', '.join(SCHEDULES)})")
-    validate(_kind(args.schedule),
-             args.pp, args.microbatches, args.virtual_stages)
+    validate(ScheduleKind(args.schedule), args.pp, args.microbatches, args.virtual_stages)
     outputs = [(flag, Path(p)) for flag, p in (("--trace", args.trace), ("--png", args.png)) if p]
     for flag, path in outputs:
         if not path.parent.is_dir():
@@ -283,11 +306,6 @@ def cmd_schedule(args) -> int:
             raise ConfigError(f"{flag} {path}: cannot write ({e.strerror})") from None
         print(f"wrote {path}")
     return 0
-
-
-def _kind(name: str):
-    from rainier_jax.schedules import ScheduleKind
-    return ScheduleKind(name)
 
 
 def _writable_dir(path: str):

@@ -22,12 +22,11 @@ import numpy as np
 from rainier_jax.config import ConfigError
 from rainier_jax.topology import Topology
 from rainier_jax.model_config import ModelConfig
+from rainier_jax.schedules import SCHEDULES, ScheduleKind, validate as validate_schedule
 
 # Mesh axis order, slowest-varying first. Every mesh has all four axes (size 1 when unused), so
 # sharding rules never need to ask which axes exist.
 AXES = ("pp", "dp", "fsdp", "tp")
-# Axes `train` runs today; pipeline stages arrive with the pipeline executor.
-TRAIN_AXES = ("dp", "fsdp", "tp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +53,7 @@ class ParallelLayout:
         return ",".join(parts) or "single"
 
 
-def parse_layout(text: str | None, num_ranks: int, *, allowed=TRAIN_AXES, flag: str = "--parallel") -> ParallelLayout:
+def parse_layout(text: str | None, num_ranks: int, *, flag: str = "--parallel") -> ParallelLayout:
     """`dp=2,tp=4` → ParallelLayout; omitted axes are 1; no text means dp over every rank.
     `flag` names the option in error messages (`--parallel`, `--reference`)."""
     if text is None:
@@ -66,10 +65,7 @@ def parse_layout(text: str | None, num_ranks: int, *, allowed=TRAIN_AXES, flag: 
             raise ConfigError(f"{flag} {text}: cannot read '{part}' (expected AXIS=N, e.g. dp=2,tp=4)")
         axis, n = m.group(1), int(m.group(2))
         if axis not in AXES:
-            raise ConfigError(f"{flag} {text}: unknown axis '{axis}' (axes: {', '.join(allowed)})")
-        if axis not in allowed:
-            raise ConfigError(f"{flag} {text}: axis '{axis}' is not available here "
-                              f"(pipeline parallelism is not implemented yet; use {', '.join(allowed)})")
+            raise ConfigError(f"{flag} {text}: unknown axis '{axis}' (axes: {', '.join(AXES)})")
         if axis in sizes:
             raise ConfigError(f"{flag} {text}: axis '{axis}' given twice")
         if n <= 0:
@@ -99,12 +95,24 @@ def validate_for_model(layout: ParallelLayout, cfg: ModelConfig, flag: str = "--
                           f"({cfg.d_model}); choose fsdp among {_divisors(cfg.d_model)}")
 
 
-def validate_batch(layout: ParallelLayout, batch: int, flag: str = "--parallel") -> None:
+def validate_batch(layout: ParallelLayout, batch: int, flag: str = "--parallel", microbatches: int = 1) -> None:
     if batch <= 0:
         raise ConfigError(f"--batch {batch}: must be a positive number of sequences")
     if batch % layout.data_size:
         raise ConfigError(f"--batch {batch}: not divisible by the data axes dp×fsdp = {layout.data_size} "
                           f"of {flag} {layout}; use a multiple of {layout.data_size}")
+    if batch % (layout.data_size * microbatches):
+        n = layout.data_size * microbatches
+        raise ConfigError(f"--batch {batch}: not divisible by dp×fsdp×microbatches = {n} (each data-parallel "
+                          f"replica splits its share into --microbatches {microbatches}); use a multiple of {n}")
+
+
+def validate_pipeline(layout: ParallelLayout, cfg: ModelConfig, *, schedule: str, microbatches: int,
+                      virtual_stages: int) -> None:
+    """Schedule name, microbatch and virtual-stage counts against pp and the model's depth."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {schedule}: unknown schedule (choose {', '.join(SCHEDULES)})")
+    validate_schedule(ScheduleKind(schedule), layout.pp, microbatches, virtual_stages, n_layers=cfg.n_layers)
 
 
 def _divisors(n: int) -> str:
@@ -276,6 +284,29 @@ def tp_ring_warnings(layout: ParallelLayout, topo: Topology, placement: np.ndarr
     return []
 
 
+def pp_ring_warnings(layout: ParallelLayout, topo: Topology, placement: np.ndarray | None = None) -> list[str]:
+    """Stage-to-stage sends are collective-permutes p → p+1 around the pp ring; Neuron runs
+    permutes only as rings over physically connected ranks, so every step must be a direct link."""
+    if layout.pp == 1:
+        return []
+    placement = place(layout, topo) if placement is None else placement
+    for g in axis_groups(placement, "pp"):
+        pairs = zip(g, np.roll(g, -1)) if len(g) > 2 else [(g[0], g[1])]
+        for a, b in pairs:
+            link = topo.link(int(a), int(b))
+            if not link.direct:
+                return [f"warning: pp={layout.pp} stage-to-stage sends are not rings of direct links on "
+                        f"{topo.name} (ranks {int(a)} → {int(b)}: {link.hops} hops over {link.cls.name}); "
+                        f"Neuron runs collective-permutes only over rings of connected ranks"]
+    return []
+
+
+def layout_warnings(layout: ParallelLayout, topo: Topology, placement: np.ndarray | None = None) -> list[str]:
+    """Everything about a placement that real hardware may refuse (tp rings, pp rings)."""
+    placement = place(layout, topo) if placement is None else placement
+    return tp_ring_warnings(layout, topo, placement) + pp_ring_warnings(layout, topo, placement)
+
+
 def _chip_text(c) -> str:
     inst, x, y = c
     return f"(i{inst},x{x},y{y})"
@@ -293,9 +324,10 @@ def describe_links(al: AxisLinks) -> str:
     return f"{al.axis}={al.size}: crosses {al.slowest} (ring steps: {classes}; max {al.max_hops} hops)"
 
 
-def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, axes=TRAIN_AXES) -> list[ParallelLayout]:
-    """Every factorisation of the mesh's rank count over `axes` that the model, the batch and the
-    placement accept, in a fixed order (most data-parallel first)."""
+def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule: str = "1f1b",
+                       microbatches: int = 1, virtual_stages: int = 1, axes=AXES) -> list[ParallelLayout]:
+    """Every factorisation of the mesh's rank count over `axes` that the model, the batch, the
+    pipeline settings and the placement accept, in a fixed order (most data-parallel first)."""
     n = topo.num_ranks
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     found = []
@@ -314,7 +346,9 @@ def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, axes=TRAIN_
     for layout in found:
         try:
             validate_for_model(layout, cfg)
-            validate_batch(layout, batch)
+            validate_batch(layout, batch, microbatches=microbatches)
+            validate_pipeline(layout, cfg, schedule=schedule, microbatches=microbatches,
+                              virtual_stages=virtual_stages)
             place(layout, topo)
         except ConfigError:
             continue

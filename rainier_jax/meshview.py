@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rainier_jax.layout import AXES, ParallelLayout, axis_links, describe_links, tp_ring_warnings
+from rainier_jax.layout import AXES, ParallelLayout, axis_links, describe_links, layout_warnings
 from rainier_jax.topology import Topology
 
 
@@ -57,5 +57,5 @@ def render_layout(topo: Topology, layout: ParallelLayout, placement: np.ndarray)
         lines.append("")
         lines.append(f"{axis} index of each rank ({axis}={getattr(layout, axis)})")
         lines += _grid(topo, lambda r, a=axis: coords[r][a])
-    lines += tp_ring_warnings(layout, topo, placement)
+    lines += layout_warnings(layout, topo, placement)
     return "\n".join(lines)

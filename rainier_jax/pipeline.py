@@ -113,9 +113,11 @@ def _where(on, new, old):
 
 
 def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig, schedule: Schedule,
-                            mesh: Mesh, layout: ParallelLayout, constrain: Constrain):
+                            mesh: Mesh, layout: ParallelLayout, constrain: Constrain,
+                            bubble_fill: float = 0.0):
     """(loss, grads) of the batch under `schedule`, equal in exact arithmetic to
-    `jax.value_and_grad(loss_fn)`."""
+    `jax.value_and_grad(loss_fn)`. `bubble_fill` is what empty buffers and idle sends hold; set it
+    to NaN to prove that nothing computed in a bubble reaches the result."""
     P, V, M, G = schedule.P, schedule.V, schedule.M, schedule.num_chunks
     pl = plan(schedule)
     B, T1 = batch_BxT1.shape
@@ -149,7 +151,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
 
     x0_MxbxTxD, embed_vjp = jax.vjp(embed_all, params["embed"])
     act_shape = x0_MxbxTxD.shape[1:]
-    zeros_act = jnp.zeros(act_shape, x0_MxbxTxD.dtype)
+    idle_act = jnp.full(act_shape, bubble_fill, x0_MxbxTxD.dtype)
 
     def chunk(layer_params, x):
         return run_layers(layer_params, x, cfg, constrain)
@@ -169,7 +171,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         x_in = jnp.where(tab["f_first"].astype(bool), x0_MxbxTxD[tab["f_m"]], recv_act[tab["f_recv"]])
         y = chunk(jax.tree.map(lambda a: a[tab["f_v"]], layers_V), x_in)
         stash = _where(tab["f_on"], stash.at[tab["f_stash"]].set(x_in), stash)
-        send_act = jnp.where((tab["f_on"] & ~tab["f_last"].astype(bool)).astype(bool), y, zeros_act)
+        send_act = jnp.where((tab["f_on"] & ~tab["f_last"].astype(bool)).astype(bool), y, idle_act)
 
         # Backward: recompute from the stash, VJP seeded by the next chunk's gradient or the loss.
         lp = jax.tree.map(lambda a: a[tab["b_v"]], layers_V)
@@ -177,7 +179,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         last = tab["b_last"].astype(bool)
         (_, mb_loss), vjp = jax.vjp(lambda a, h, x: chunk_and_loss(a, h, x, targets[tab["b_m"]]),
                                     lp, head_params, x_b)
-        dy = jnp.where(last, zeros_act, recv_grad[tab["b_recv"]])
+        dy = jnp.where(last, jnp.zeros_like(idle_act), recv_grad[tab["b_recv"]])
         d_lp, d_head, dx = vjp((dy, jnp.where(last, 1.0 / M, 0.0).astype(mb_loss.dtype)))
         b_on = tab["b_on"].astype(bool)
         g_layers = _where(b_on, jax.tree.map(lambda acc, d: acc.at[tab["b_v"]].add(d), g_layers, d_lp), g_layers)
@@ -185,7 +187,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         loss = jnp.where(b_on & last, loss + mb_loss / M, loss)
         first = tab["b_first"].astype(bool)
         dx0 = _where(b_on & first, dx0.at[tab["b_m"]].set(dx), dx0)
-        send_grad = jnp.where(b_on & ~first, dx, zeros_act)
+        send_grad = jnp.where(b_on & ~first, dx, idle_act)
         return stash, recv_act, recv_grad, send_act, send_grad, g_layers, g_head, dx0, loss
 
     vmapped = jax.vmap(device_tick, in_axes=(0, 0, 0), spmd_axis_name="pp")
@@ -198,10 +200,10 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         return vmapped(layers_PxV, carry, tab), None
 
     def buffers(n):   # [P, n, mb, T, D] activation buffers
-        return pin(jnp.zeros((P, n, *act_shape), x0_MxbxTxD.dtype), None, batch_axes, None, None)
+        return pin(jnp.full((P, n, *act_shape), bubble_fill, x0_MxbxTxD.dtype), None, batch_axes, None, None)
 
     def one_act():    # [P, mb, T, D]
-        return pin(jnp.zeros((P, *act_shape), x0_MxbxTxD.dtype), batch_axes, None, None)
+        return pin(jnp.full((P, *act_shape), bubble_fill, x0_MxbxTxD.dtype), batch_axes, None, None)
 
     carry0 = (
         buffers(pl.stash_slots),
@@ -210,7 +212,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         one_act(), one_act(),
         jax.tree.map(jnp.zeros_like, layers_PxV),
         jax.tree.map(lambda a: jnp.zeros((P, *a.shape), a.dtype), head_params),
-        buffers(M),
+        pin(jnp.zeros((P, M, *act_shape), x0_MxbxTxD.dtype), None, batch_axes, None, None),
         jnp.zeros((P,), jnp.float32),
     )
     tables = {k: jnp.asarray(v) for k, v in pl.tables.items()}

@@ -33,7 +33,9 @@ class RunConfig:
                   ("--seq", self.seq > 0, "a positive sequence length"),
                   ("--lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
                   ("--eval-every", self.eval_every >= 0, "0 (only at the end) or a positive interval"),
-                  ("--seed", self.seed >= 0, "a non-negative integer")]
+                  ("--seed", self.seed >= 0, "a non-negative integer"),
+                  ("--microbatches", self.microbatches > 0, "a positive number of microbatches"),
+                  ("--virtual-stages", self.virtual_stages > 0, "a positive number of chunks per device")]
         for flag, ok, want in checks:
             if not ok:
                 raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
