@@ -14,7 +14,9 @@ Per tick, every device:
    (the last chunk adds the head and the loss, seeded with 1/M); it accumulates parameter
    gradients and sends the input gradient back (g = 0 keeps it for the embedding).
 
-Idle slots still compute, on whatever the buffers hold (SPMD has no per-device branches; there
+The executor runs `schedules.pack(schedule)`: the same per-device order with a forward and the
+backward after it merged into one tick where possible, and runs of forward-only or backward-only
+ticks get a scan body without the other half. Idle slots within a tick still compute, on whatever the buffers hold (SPMD has no per-device branches; there
 is no `lax.cond`, which JAX on Neuron lacks): every write, send and accumulation is a `jnp.where`
 on the table's validity bits, so nothing computed in a bubble — NaN included — reaches a result.
 Buffer slots are assigned ahead of time from the table (`plan`), so stash memory is exactly the
@@ -33,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as PSpec
 from rainier_jax import sharding
 from rainier_jax.layout import ParallelLayout
 from rainier_jax.model_config import ModelConfig
-from rainier_jax.schedules import IDLE, Schedule
+from rainier_jax.schedules import IDLE, Schedule, pack
 from rainier_jax.transformer import Constrain, cross_entropy, embed, head, run_layers
 
 
@@ -107,6 +109,17 @@ def plan(s: Schedule) -> Plan:
     return Plan(tab, max(biggest["stash"], 1), max(biggest["act"], 1), max(biggest["grad"], 1))
 
 
+def _segments(tables: dict[str, np.ndarray]) -> list[tuple[int, int, bool, bool]]:
+    """Maximal runs of ticks with the same (any forward, any backward)."""
+    kinds = list(zip(tables["f_on"].any(axis=1).tolist(), tables["b_on"].any(axis=1).tolist()))
+    runs, start = [], 0
+    for t in range(1, len(kinds) + 1):
+        if t == len(kinds) or kinds[t] != kinds[start]:
+            runs.append((start, t, *kinds[start]))
+            start = t
+    return runs
+
+
 def _where(on, new, old):
     """`new` where `on` (a scalar bit), else `old` — the only way anything enters the state."""
     return jax.tree.map(lambda a, b: jnp.where(on.astype(bool), a, b), new, old)
@@ -119,7 +132,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     `jax.value_and_grad(loss_fn)`. `bubble_fill` is what empty buffers and idle sends hold; set it
     to NaN to prove that nothing computed in a bubble reaches the result."""
     P, V, M, G = schedule.P, schedule.V, schedule.M, schedule.num_chunks
-    pl = plan(schedule)
+    pl = plan(pack(schedule))
     B, T1 = batch_BxT1.shape
     mb = B // M
     # Microbatch m = rows b with b % M == m: each data shard's rows stay on that shard.
@@ -131,7 +144,8 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
 
     # Arrays with a leading stage axis live on the `pp` axis; their other dimensions keep the
     # shardings the rules give them (so fsdp/tp stay split inside each stage).
-    layer_specs = sharding.param_specs(layout, cfg)["layers"]
+    specs = sharding.param_specs(layout, cfg)
+    layer_specs = specs["layers"]
     batch_axes = sharding.spec(("batch",), sharding.ACTIVATION_RULES)[0]
 
     def pin(x, *rest):
@@ -146,12 +160,14 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     layers_PxV = jax.tree.map(to_stages, params["layers"], layer_specs)
     head_params = {k: v for k, v in params.items() if k != "layers"}
 
-    def embed_all(table):
-        return jax.vmap(lambda toks: embed({"embed": table}, toks, constrain))(inputs)
+    # The embedding runs inside the pipeline, on chunk 0's forward and backward, so no device
+    # holds all M microbatches' embeddings: activation memory stays the schedule's stash.
+    def embed_mb(table, m):
+        return embed({"embed": table}, inputs[m], constrain)
 
-    x0_MxbxTxD, embed_vjp = jax.vjp(embed_all, params["embed"])
-    act_shape = x0_MxbxTxD.shape[1:]
-    idle_act = jnp.full(act_shape, bubble_fill, x0_MxbxTxD.dtype)
+    act_spec = jax.eval_shape(embed_mb, params["embed"], 0)
+    act_shape, act_dtype = act_spec.shape, act_spec.dtype
+    idle_act = jnp.full(act_shape, bubble_fill, act_dtype)
 
     def chunk(layer_params, x):
         return run_layers(layer_params, x, cfg, constrain)
@@ -160,20 +176,31 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         y = chunk(layer_params, x)
         return y, cross_entropy(head(hp, y, cfg, constrain), tgt)
 
-    def device_tick(layers_V, carry, tab):
-        """One tick on one device (vmapped over the stage axis)."""
-        stash, recv_act, recv_grad, sent_act, sent_grad, g_layers, g_head, dx0, loss = carry
+    def device_tick(layers_V, carry, tab, do_f: bool, do_b: bool):
+        """One tick on one device (vmapped over the stage axis). `do_f`/`do_b` are static: a run
+        of ticks in which no device has a forward (or backward) leaves that half out entirely."""
+        stash, recv_act, recv_grad, sent_act, sent_grad, g_layers, g_head, g_embed, loss = carry
         arrived_act, arrived_grad = sent_act, sent_grad   # already rolled by the caller
         recv_act = _where(tab["a_on"], recv_act.at[tab["a_slot"]].set(arrived_act), recv_act)
         recv_grad = _where(tab["g_on"], recv_grad.at[tab["g_slot"]].set(arrived_grad), recv_grad)
+        send_act = send_grad = idle_act
+        if do_f:
+            stash, send_act = forward(layers_V, stash, recv_act, tab)
+        if do_b:
+            g_layers, g_head, g_embed, loss, send_grad = backward(
+                layers_V, stash, recv_grad, tab, g_layers, g_head, g_embed, loss)
+        return stash, recv_act, recv_grad, send_act, send_grad, g_layers, g_head, g_embed, loss
 
-        # Forward.
-        x_in = jnp.where(tab["f_first"].astype(bool), x0_MxbxTxD[tab["f_m"]], recv_act[tab["f_recv"]])
+    def forward(layers_V, stash, recv_act, tab):
+        x_in = jnp.where(tab["f_first"].astype(bool), embed_mb(params["embed"], tab["f_m"]),
+                         recv_act[tab["f_recv"]])
         y = chunk(jax.tree.map(lambda a: a[tab["f_v"]], layers_V), x_in)
         stash = _where(tab["f_on"], stash.at[tab["f_stash"]].set(x_in), stash)
         send_act = jnp.where((tab["f_on"] & ~tab["f_last"].astype(bool)).astype(bool), y, idle_act)
+        return stash, send_act
 
-        # Backward: recompute from the stash, VJP seeded by the next chunk's gradient or the loss.
+    def backward(layers_V, stash, recv_grad, tab, g_layers, g_head, g_embed, loss):
+        # Recompute the chunk from the stash; VJP seeded by the next chunk's gradient or the loss.
         lp = jax.tree.map(lambda a: a[tab["b_v"]], layers_V)
         x_b = stash[tab["b_stash"]]
         last = tab["b_last"].astype(bool)
@@ -186,24 +213,24 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         g_head = _where(b_on & last, jax.tree.map(jnp.add, g_head, d_head), g_head)
         loss = jnp.where(b_on & last, loss + mb_loss / M, loss)
         first = tab["b_first"].astype(bool)
-        dx0 = _where(b_on & first, dx0.at[tab["b_m"]].set(dx), dx0)
+        _, embed_vjp = jax.vjp(lambda table: embed_mb(table, tab["b_m"]), params["embed"])
+        g_embed = _where(b_on & first, g_embed + embed_vjp(dx)[0], g_embed)
         send_grad = jnp.where(b_on & ~first, dx, idle_act)
-        return stash, recv_act, recv_grad, send_act, send_grad, g_layers, g_head, dx0, loss
+        return g_layers, g_head, g_embed, loss, send_grad
 
-    vmapped = jax.vmap(device_tick, in_axes=(0, 0, 0), spmd_axis_name="pp")
-
-    def tick(carry, tab):
+    def tick(carry, tab, do_f, do_b):
         stash, recv_act, recv_grad, sent_act, sent_grad, *rest = carry
         # Ring sends: device p's activation goes to p+1, its gradient to p−1.
         carry = (stash, recv_act, recv_grad, jnp.roll(sent_act, 1, axis=0), jnp.roll(sent_grad, -1, axis=0),
                  *rest)
-        return vmapped(layers_PxV, carry, tab), None
+        body = jax.vmap(lambda lv, c, tb: device_tick(lv, c, tb, do_f, do_b), spmd_axis_name="pp")
+        return body(layers_PxV, carry, tab), None
 
     def buffers(n):   # [P, n, mb, T, D] activation buffers
-        return pin(jnp.full((P, n, *act_shape), bubble_fill, x0_MxbxTxD.dtype), None, batch_axes, None, None)
+        return pin(jnp.full((P, n, *act_shape), bubble_fill, act_dtype), None, batch_axes, None, None)
 
     def one_act():    # [P, mb, T, D]
-        return pin(jnp.full((P, *act_shape), bubble_fill, x0_MxbxTxD.dtype), batch_axes, None, None)
+        return pin(jnp.full((P, *act_shape), bubble_fill, act_dtype), batch_axes, None, None)
 
     carry0 = (
         buffers(pl.stash_slots),
@@ -211,15 +238,19 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         buffers(pl.grad_slots),
         one_act(), one_act(),
         jax.tree.map(jnp.zeros_like, layers_PxV),
-        jax.tree.map(lambda a: jnp.zeros((P, *a.shape), a.dtype), head_params),
-        pin(jnp.zeros((P, M, *act_shape), x0_MxbxTxD.dtype), None, batch_axes, None, None),
+        # Per-stage gradient accumulators for the parameters outside the layer stack.
+        {k: pin(jnp.zeros((P, *a.shape), a.dtype), *specs[k]) for k, a in head_params.items()},
+        pin(jnp.zeros((P, *params["embed"].shape), params["embed"].dtype), *specs["embed"]),
         jnp.zeros((P,), jnp.float32),
     )
-    tables = {k: jnp.asarray(v) for k, v in pl.tables.items()}
-    carry, _ = jax.lax.scan(tick, carry0, tables)
-    g_layers, g_head, dx0, loss = carry[5], carry[6], carry[7], carry[8]
+    # One scan per run of ticks of the same kind (forward-only, backward-only, both).
+    carry = carry0
+    for start, stop, do_f, do_b in _segments(pl.tables):
+        seg = {k: jnp.asarray(v[start:stop]) for k, v in pl.tables.items()}
+        carry, _ = jax.lax.scan(lambda c, tb, f=do_f, b=do_b: tick(c, tb, f, b), carry, seg)
+    g_layers, g_head, g_embed, loss = carry[5], carry[6], carry[7], carry[8]
     # Only the devices that ran the relevant ops contributed; the others hold zeros.
-    (d_embed,) = embed_vjp(dx0.sum(axis=0))
+    d_embed = g_embed.sum(axis=0)
     grads = {k: v.sum(axis=0) for k, v in g_head.items()}
     grads["embed"] = grads["embed"] + d_embed if "embed" in grads else d_embed
     grads["layers"] = jax.tree.map(from_stages, g_layers)

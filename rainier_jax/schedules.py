@@ -157,6 +157,59 @@ def build_schedule(kind: ScheduleKind | str, P: int, M: int, V: int = 1) -> Sche
     return Schedule(kind, P, M, V, np.stack(fwd_rows), np.stack(bwd_rows))
 
 
+def pack(s: Schedule) -> Schedule:
+    """The same per-device order of work, with each device's next forward and next backward run
+    in one tick whenever both are ready: what the SPMD executor runs.
+
+    The executor pays for a forward and a backward on every device in every tick that has any of
+    each, so a table with one op per device per tick (the textbook timeline, `s`) would leave half
+    of every steady-state tick masked. Packing keeps every device's order, and merges a forward
+    with the backward that follows it (different microbatches): the in-flight bound is kept."""
+    G = s.num_chunks
+    seq = [[] for _ in range(s.P)]
+    for t in range(s.ticks):
+        for p in range(s.P):
+            for kind, table in (("F", s.fwd), ("B", s.bwd)):
+                if table[t, p, 0] != IDLE:
+                    seq[p].append((kind, int(table[t, p, 0]), int(table[t, p, 1])))
+    f_done: dict[tuple[int, int], int] = {}
+    b_done: dict[tuple[int, int], int] = {}
+    ptr = [0] * s.P
+    fwd_rows, bwd_rows = [], []
+    t = 0
+
+    def ready(op):
+        kind, g, m = op
+        if kind == "F":
+            return g == 0 or f_done.get((g - 1, m), t) < t
+        return (f_done.get((g, m), t) if g == G - 1 else b_done.get((g + 1, m), t)) < t
+
+    while any(ptr[p] < len(seq[p]) for p in range(s.P)):
+        f_row = np.full((s.P, 2), IDLE, np.int32)
+        b_row = np.full((s.P, 2), IDLE, np.int32)
+        for p in range(s.P):
+            taken = []
+            while ptr[p] < len(seq[p]) and len(taken) < 2:
+                op = seq[p][ptr[p]]
+                # Merge only a backward into its preceding forward's tick: a forward after a
+                # backward would need its stash slot while the backward still reads another.
+                if not ready(op) or any(k == op[0] or m == op[2] or k == "B" for k, _, m in taken):
+                    break
+                taken.append(op)
+                ptr[p] += 1
+            for kind, g, m in taken:
+                (f_row if kind == "F" else b_row)[p] = (g, m)
+        for p in range(s.P):
+            if f_row[p, 0] != IDLE:
+                f_done[(int(f_row[p, 0]), int(f_row[p, 1]))] = t
+            if b_row[p, 0] != IDLE:
+                b_done[(int(b_row[p, 0]), int(b_row[p, 1]))] = t
+        fwd_rows.append(f_row)
+        bwd_rows.append(b_row)
+        t += 1
+    return dataclasses.replace(s, fwd=np.stack(fwd_rows), bwd=np.stack(bwd_rows))
+
+
 def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None) -> None:
     """Bad pipeline settings → one line naming the flag and the fix."""
     if P < 1:

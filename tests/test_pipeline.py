@@ -15,7 +15,7 @@ from rainier_jax import data, sharding
 from rainier_jax.layout import ParallelLayout, layout_warnings, place
 from rainier_jax.parity import Bound, run_parity
 from rainier_jax.pipeline import pipeline_loss_and_grads, plan
-from rainier_jax.schedules import build_schedule
+from rainier_jax.schedules import build_schedule, pack
 from rainier_jax.train import build_program, mesh_on_ranks
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -85,7 +85,7 @@ def test_nan_in_bubbles_never_reaches_loss_or_gradients(kind, P, M, V, corpus):
 @pytest.mark.parametrize("kind,P,M", [("1f1b", 4, 16), ("gpipe", 4, 16), ("1f1b", 2, 8)])
 def test_buffers_are_the_schedules_peak(kind, P, M):
     s = build_schedule(kind, P, M)
-    assert plan(s).stash_slots == max(s.peak_in_flight()) == (P if kind == "1f1b" else M)
+    assert plan(pack(s)).stash_slots == max(s.peak_in_flight()) == (P if kind == "1f1b" else M)
 
 
 def test_pp_ring_warnings():

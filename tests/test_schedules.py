@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rainier_jax.config import ConfigError
-from rainier_jax.schedules import IDLE, ScheduleKind, build_schedule, check_table, validate
+from rainier_jax.schedules import IDLE, ScheduleKind, build_schedule, check_table, pack, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [(kind, P, M, V) for P in (2, 4) for M in (P, 2 * P, 4 * P)
@@ -24,6 +24,9 @@ def test_tables_are_valid_and_bubbles_match_theory(kind, P, M, V):
     assert s.bubble() == pytest.approx(s.theoretical_bubble(), abs=1e-12)
     # every op exactly once
     assert (s.fwd[:, :, 0] != IDLE).sum() == (s.bwd[:, :, 0] != IDLE).sum() == P * V * M
+    # The executor's packed table: still valid, never longer, same activation bound.
+    q = pack(s)
+    assert check_table(q) == [] and q.ticks <= s.ticks and q.peak_in_flight() == s.peak_in_flight()
 
 
 @pytest.mark.parametrize("P,M", [(2, 2), (2, 8), (4, 4), (4, 16)])
