@@ -13,7 +13,6 @@ takes digits (or whole-number splits of digits):
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections import Counter
 

@@ -12,28 +12,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_runner import rainier
+
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60
 BUILTIN_MESHES = ("trn2-instance", "trn2-ultraserver", "trn1-instance", "trn2-mini-8", "trn2-mini-16")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.pop("CI", None)  # nothing here depends on it; keep the child's output plain either way
-    return env
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    return rainier(*args, timeout=TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------------------------

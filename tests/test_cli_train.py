@@ -2,20 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from cli_runner import rainier
 
-
-def rainier(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1"}
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(path: Path) -> list[dict]:

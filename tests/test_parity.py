@@ -7,21 +7,19 @@ per gradient tensor and per layer, with k and C set once from known-good layouts
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from programs import MINI8, RUN, TINY, program_for
+from cli_runner import rainier
+from programs import RUN, TINY, program_for
 from rainier_jax import data
 from rainier_jax.parity import Bound, run_parity
 from rainier_jax.train import train
 
 EPS32 = float(np.finfo(np.float32).eps)
-ROOT = Path(__file__).resolve().parent.parent
 FOUNDATION_LAYOUTS = ["dp=8", "fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2"]
 
 
@@ -128,18 +126,13 @@ def test_golden_losses(corpus):
 
 # --- the command ------------------------------------------------------------------------------
 
-def rainier(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_cli_report_passes_and_is_reproducible(tmp_path):
     args = ["parity", "--parallel", "dp=4,tp=2", "--steps", "2", "--batch", "8", "--seq", "32"]
     first = rainier(*args, "--report", str(tmp_path / "a"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "verdict: PASS" in first.stdout
     second = rainier(*args, "--report", str(tmp_path / "b"))
+    assert second.returncode == 0 and second.stdout == first.stdout
     for name in ("report.json", "loss_diff.png", "grad_error_by_layer.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     report = json.loads((tmp_path / "a" / "report.json").read_text())

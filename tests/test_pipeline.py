@@ -1,15 +1,12 @@
 """The pipeline executor: every schedule matches the unpipelined model; bubbles never leak."""
 
 import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from cli_runner import rainier
 from programs import MINI8, RUN, TINY, program_for
 from rainier_jax import data, sharding
 from rainier_jax.layout import ParallelLayout, layout_warnings, place
@@ -19,7 +16,6 @@ from rainier_jax.schedules import build_schedule, pack
 from rainier_jax.train import build_program, mesh_on_ranks
 
 EPS32 = float(np.finfo(np.float32).eps)
-ROOT = Path(__file__).resolve().parent.parent
 PIPE_RUN = dataclasses.replace(RUN, steps=2)
 
 # Each schedule, P ∈ {2, 4}, M ∈ {P, 2P}; pp=2 composes with dp and tp, pp=4 with dp.
@@ -96,9 +92,7 @@ def test_pp_ring_warnings():
 
 
 def test_parity_command_with_pipeline_flags():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "rainier_jax.cli", "parity", "--parallel", "pp=2,dp=2,tp=2",
-                          "--schedule", "1f1b", "--microbatches", "4", "--steps", "2"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = rainier("parity", "--parallel", "pp=2,dp=2,tp=2", "--schedule", "1f1b", "--microbatches", "4",
+                  "--steps", "2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
     assert "verdict: PASS" in out.stdout

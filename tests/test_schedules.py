@@ -1,18 +1,14 @@
 """Pipeline schedules as data: valid tables, textbook bubbles, bounded in-flight activations."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_runner import rainier
 from rainier_jax.config import ConfigError
 from rainier_jax.schedules import IDLE, ScheduleKind, build_schedule, check_table, pack, validate
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = [(kind, P, M, V) for P in (2, 4) for M in (P, 2 * P, 4 * P)
          for kind, V in (("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 4))]
 
@@ -64,12 +60,6 @@ def test_validation(kind, P, M, V, layers, needle):
 def test_gpipe_accepts_fewer_microbatches_than_stages():
     s = build_schedule("gpipe", 4, 2)
     assert check_table(s) == [] and s.bubble() == pytest.approx(3 / 5)
-
-
-def rainier(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_schedule_command_prints_and_writes_trace_and_png(tmp_path):

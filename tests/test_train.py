@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from programs import RUN, TINY, program_for
+from programs import TINY, program_for
 from rainier_jax import data
 from rainier_jax.run_config import RunConfig
 from rainier_jax.train import lr_schedule, train
