@@ -8,6 +8,7 @@ Bad input is one line on stderr and exit code 2, before anything compiles.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -232,11 +233,15 @@ def cmd_parity(args) -> int:
     else:
         candidates = [parse_layout(args.parallel, topo.num_ranks)]
     reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
-    for layout, flag in [(c, "--parallel") for c in candidates] + ([(reference, "--reference")] if reference else []):
+    ref_layout = reference or ParallelLayout()
+    # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
+    ref_run = run if ref_layout.pp > 1 else dataclasses.replace(run, microbatches=1, virtual_stages=1)
+    checks = [(c, "--parallel", run) for c in candidates] + ([(reference, "--reference", ref_run)] if reference else [])
+    for layout, flag, layout_run in checks:
         validate_for_model(layout, model, flag=flag)
-        validate_pipeline(layout, model, schedule=run.schedule, microbatches=run.microbatches,
-                          virtual_stages=run.virtual_stages)
-        validate_batch(layout, run.batch, flag=flag, microbatches=run.microbatches)
+        validate_pipeline(layout, model, schedule=layout_run.schedule, microbatches=layout_run.microbatches,
+                          virtual_stages=layout_run.virtual_stages)
+        validate_batch(layout, run.batch, flag=flag, microbatches=layout_run.microbatches)
     report_dir = _writable_dir(args.report) if args.report else None
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 
@@ -248,8 +253,8 @@ def cmd_parity(args) -> int:
     from rainier_jax.train import build_program, mesh_on_ranks
 
     eps = float(np.finfo(np.float32).eps)
-    ref_layout = reference or ParallelLayout()
-    ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None), run)
+    ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None),
+                             ref_run)
     ref_name = str(reference) if reference else "single"
     settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
                 "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": args.precision,
@@ -261,7 +266,8 @@ def cmd_parity(args) -> int:
               f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {args.precision})")
         print(MATRIX_HEADER, flush=True)
     for layout in candidates:
-        same = reference is not None and layout == reference and args.precision == args.reference_precision
+        same = (reference is not None and layout == reference and args.precision == args.reference_precision
+                and ref_run == run)
         bound = (Bound("override", eps, override=args.tolerance) if args.tolerance is not None
                  else Bound("bitwise" if same else "derived", eps))
         prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), run)
