@@ -47,6 +47,15 @@ def test_schedule_matches_unpipelined_model(kind, P, M, V, single, corpus):
     assert result.free_ok
 
 
+def test_pipeline_composes_with_fsdp(single, corpus):
+    layout = ParallelLayout(pp=4, fsdp=2)
+    run = dataclasses.replace(PIPE_RUN, schedule="interleaved", microbatches=8, virtual_stages=2)
+    cand = build_program(TINY, layout, mesh_on_ranks(layout, place(layout, MINI8)), run)
+    result = run_parity(single, cand, corpus, bound=Bound("derived", EPS32), reference_name="single",
+                        candidate_name="pp=4,fsdp=2 interleaved")
+    assert result.passed, result.first_violation
+
+
 def test_gradient_accumulation_with_pp1_matches(single, corpus):
     run = dataclasses.replace(PIPE_RUN, microbatches=4)
     result = run_parity(single, program_for("dp=8", run=run), corpus, bound=Bound("derived", EPS32),
