@@ -16,9 +16,10 @@ Per tick, every device:
 
 The executor runs `schedules.pack(schedule)`: the same per-device order with a forward and the
 backward after it merged into one tick where possible, and runs of forward-only or backward-only
-ticks get a scan body without the other half. Idle slots within a tick still compute, on whatever the buffers hold (SPMD has no per-device branches; there
-is no `lax.cond`, which JAX on Neuron lacks): every write, send and accumulation is a `jnp.where`
-on the table's validity bits, so nothing computed in a bubble — NaN included — reaches a result.
+ticks get a scan body without the other half. Idle slots within a tick still compute, on whatever
+the buffers hold (SPMD has no per-device branches; there is no `lax.cond`, which JAX on Neuron
+lacks): every write, send and accumulation is a `jnp.where` on the table's validity bits, so
+nothing computed in a bubble — NaN included — reaches a result.
 Buffer slots are assigned ahead of time from the table (`plan`), so stash memory is exactly the
 schedule's peak in-flight count: P for 1F1B, M for GPipe.
 """
