@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--parallel", default=None, help="candidate layout, e.g. dp=2,fsdp=2,tp=2")
     pa.add_argument("--matrix", action="store_true",
                     help="check every layout of the mesh's ranks the model admits, one summary row each")
-    pa.add_argument("--max-layouts", type=int, default=12, help="cap on --matrix layouts [12]")
+    pa.add_argument("--max-layouts", type=int, default=24, help="cap on --matrix layouts [24]")
     pa.add_argument("--reference", default="single", help="single (one device) or a layout [single]")
     pa.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="candidate precision (only fp32 exists so far) [fp32]")
@@ -212,7 +212,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
 def cmd_parity(args) -> int:
     from rainier_jax import data as data_lib
     from rainier_jax.layout import (ParallelLayout, admissible_layouts, parse_layout, place,
-                                    validate_batch, validate_for_model, validate_pipeline)
+                                    matrix_microbatches, validate_batch, validate_for_model, validate_pipeline)
     from rainier_jax.model_config import load_model
     from rainier_jax.topology import load_topology
 
@@ -226,8 +226,10 @@ def cmd_parity(args) -> int:
     if args.max_layouts <= 0:
         raise ConfigError(f"--max-layouts {args.max_layouts}: must be a positive number")
     if args.matrix:
-        candidates = admissible_layouts(topo, model, run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                                        virtual_stages=run.virtual_stages)[:args.max_layouts]
+        # Without --microbatches, pipeline layouts get pp microbatches so the matrix covers them.
+        candidates = admissible_layouts(topo, model, run.batch, schedule=run.schedule,
+                                        microbatches=args.microbatches, virtual_stages=run.virtual_stages
+                                        )[:args.max_layouts]
         if not candidates:
             raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
     else:
@@ -236,7 +238,12 @@ def cmd_parity(args) -> int:
     ref_layout = reference or ParallelLayout()
     # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
     ref_run = run if ref_layout.pp > 1 else dataclasses.replace(run, microbatches=1, virtual_stages=1)
-    checks = [(c, "--parallel", run) for c in candidates] + ([(reference, "--reference", ref_run)] if reference else [])
+    def run_for(layout):
+        if args.matrix and args.microbatches is None:
+            return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
+        return run
+
+    checks = [(c, "--parallel", run_for(c)) for c in candidates] + ([(reference, "--reference", ref_run)] if reference else [])
     for layout, flag, layout_run in checks:
         validate_for_model(layout, model, flag=flag)
         validate_pipeline(layout, model, schedule=layout_run.schedule, microbatches=layout_run.microbatches,
@@ -266,12 +273,15 @@ def cmd_parity(args) -> int:
               f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {args.precision})")
         print(MATRIX_HEADER, flush=True)
     for layout in candidates:
+        cand_run = run_for(layout)
         same = (reference is not None and layout == reference and args.precision == args.reference_precision
-                and ref_run == run)
+                and ref_run == cand_run)
         bound = (Bound("override", eps, override=args.tolerance) if args.tolerance is not None
                  else Bound("bitwise" if same else "derived", eps))
-        prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), run)
-        result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=str(layout))
+        prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), cand_run)
+        name = str(layout) + (f" {cand_run.schedule} M={cand_run.microbatches}"
+                              if layout.pp > 1 or cand_run.microbatches > 1 else "")
+        result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=name)
         results.append(result)
         if args.matrix:
             print(matrix_row(result), flush=True)

@@ -323,10 +323,17 @@ def describe_links(al: AxisLinks) -> str:
     return f"{al.axis}={al.size}: crosses {al.slowest} (ring steps: {classes}; max {al.max_hops} hops)"
 
 
+def matrix_microbatches(layout: ParallelLayout) -> int:
+    """Microbatches a layout gets when none are asked for: one, or pp for a pipeline (the fewest
+    that every schedule accepts)."""
+    return layout.pp
+
+
 def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule: str = "1f1b",
-                       microbatches: int = 1, virtual_stages: int = 1, axes=AXES) -> list[ParallelLayout]:
+                       microbatches: int | None = 1, virtual_stages: int = 1, axes=AXES) -> list[ParallelLayout]:
     """Every factorisation of the mesh's rank count over `axes` that the model, the batch, the
-    pipeline settings and the placement accept, in a fixed order (most data-parallel first)."""
+    pipeline settings and the placement accept, in a fixed order (most data-parallel first).
+    `microbatches=None` gives each layout `matrix_microbatches(layout)`."""
     n = topo.num_ranks
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     found = []
@@ -345,9 +352,9 @@ def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule
     for layout in found:
         try:
             validate_for_model(layout, cfg)
-            validate_batch(layout, batch, microbatches=microbatches)
-            validate_pipeline(layout, cfg, schedule=schedule, microbatches=microbatches,
-                              virtual_stages=virtual_stages)
+            m = matrix_microbatches(layout) if microbatches is None else microbatches
+            validate_batch(layout, batch, microbatches=m)
+            validate_pipeline(layout, cfg, schedule=schedule, microbatches=m, virtual_stages=virtual_stages)
             place(layout, topo)
         except ConfigError:
             continue

@@ -46,11 +46,11 @@ def format_result(r: ParityResult, *, header: str) -> str:
 def matrix_row(r: ParityResult) -> str:
     worst = r.tensors[0]
     loss_rel = max((_rel(a, b) for a, b in zip(r.loss_ref, r.loss_cand)), default=0.0)
-    return (f"{r.candidate:<22} {'PASS' if r.passed else 'FAIL':<5} {worst.path:<20} {worst.rel_l2:>9.2e} "
+    return (f"{r.candidate:<28} {'PASS' if r.passed else 'FAIL':<5} {worst.path:<20} {worst.rel_l2:>9.2e} "
             f"{worst.ratio:>6.3f} {loss_rel:>9.2e}  {'ok' if r.free_ok else 'outside'}")
 
 
-MATRIX_HEADER = (f"{'layout':<22} {'':<5} {'worst tensor':<20} {'rel_l2':>9} {'ratio':>6} {'loss_rel':>9}  free-running")
+MATRIX_HEADER = (f"{'layout':<28} {'':<5} {'worst tensor':<20} {'rel_l2':>9} {'ratio':>6} {'loss_rel':>9}  free-running")
 
 
 def environment() -> dict:

@@ -146,3 +146,12 @@ def test_parameter_shard_shapes(text):
     for name, expected in SHARD_SHAPES[text].items():
         s, shape = flat[name]
         assert s.shard_shape(shape) == expected, name
+
+
+def test_matrix_layouts_include_pipelines():
+    from rainier_jax.layout import admissible_layouts
+    layouts = admissible_layouts(MINI8, TINY, 16, microbatches=None)
+    assert len(layouts) == len(set(layouts)) == 20      # every factorisation of 8 over 4 axes the model admits
+    assert ParallelLayout(pp=8) in layouts and ParallelLayout(pp=2, dp=2, tp=2) in layouts
+    # With one microbatch, 1F1B admits no pipeline layout.
+    assert all(l.pp == 1 for l in admissible_layouts(MINI8, TINY, 16, microbatches=1))
