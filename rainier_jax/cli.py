@@ -237,7 +237,9 @@ def cmd_parity(args) -> int:
     reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
     ref_layout = reference or ParallelLayout()
     # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
-    ref_run = run if ref_layout.pp > 1 else dataclasses.replace(run, microbatches=1, virtual_stages=1)
+    ref_run = run if ref_layout.pp > 1 else dataclasses.replace(run, microbatches=1, virtual_stages=1,
+                                                                schedule="1f1b")
+
     def run_for(layout):
         if args.matrix and args.microbatches is None:
             return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
