@@ -144,8 +144,7 @@ def _run_config(args):
 
 def cmd_train(args) -> int:
     from rainier_jax import data as data_lib
-    from rainier_jax.layout import (layout_warnings, parse_layout, place, validate_batch, validate_for_model,
-                                    validate_pipeline)
+    from rainier_jax.layout import layout_warnings, parse_layout, place, validate_all
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
     from rainier_jax.model_config import load_model
@@ -154,11 +153,9 @@ def cmd_train(args) -> int:
     topo = load_topology(args.mesh, lnc=args.lnc)
     model = load_model(args.model)
     layout = parse_layout(args.parallel, topo.num_ranks)
-    validate_for_model(layout, model)
     run = _run_config(args)
-    validate_pipeline(layout, model, schedule=run.schedule, microbatches=run.microbatches,
-                      virtual_stages=run.virtual_stages)
-    validate_batch(layout, run.batch, microbatches=run.microbatches)
+    validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
+                 virtual_stages=run.virtual_stages)
     placement = place(layout, topo)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     metrics = MetricsLog(args.metrics, first_step=1) if args.metrics else None
@@ -211,8 +208,8 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
 
 def cmd_parity(args) -> int:
     from rainier_jax import data as data_lib
-    from rainier_jax.layout import (ParallelLayout, admissible_layouts, parse_layout, place,
-                                    matrix_microbatches, validate_batch, validate_for_model, validate_pipeline)
+    from rainier_jax.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
+                                    validate_all)
     from rainier_jax.model_config import load_model
     from rainier_jax.topology import load_topology
 
@@ -247,10 +244,8 @@ def cmd_parity(args) -> int:
 
     checks = [(c, "--parallel", run_for(c)) for c in candidates] + ([(reference, "--reference", ref_run)] if reference else [])
     for layout, flag, layout_run in checks:
-        validate_for_model(layout, model, flag=flag)
-        validate_pipeline(layout, model, schedule=layout_run.schedule, microbatches=layout_run.microbatches,
-                          virtual_stages=layout_run.virtual_stages)
-        validate_batch(layout, run.batch, flag=flag, microbatches=layout_run.microbatches)
+        validate_all(layout, model, batch=run.batch, schedule=layout_run.schedule,
+                     microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag)
     report_dir = _writable_dir(args.report) if args.report else None
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 

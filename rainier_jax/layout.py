@@ -106,6 +106,14 @@ def validate_batch(layout: ParallelLayout, batch: int, flag: str = "--parallel",
                           f"replica splits its share into --microbatches {microbatches}); use a multiple of {n}")
 
 
+def validate_all(layout: ParallelLayout, cfg: ModelConfig, *, batch: int, schedule: str, microbatches: int,
+                 virtual_stages: int, flag: str = "--parallel") -> None:
+    """Everything a layout must satisfy before it runs: model shapes, pipeline settings, batch."""
+    validate_for_model(layout, cfg, flag=flag)
+    validate_pipeline(layout, cfg, schedule=schedule, microbatches=microbatches, virtual_stages=virtual_stages)
+    validate_batch(layout, batch, flag=flag, microbatches=microbatches)
+
+
 def validate_pipeline(layout: ParallelLayout, cfg: ModelConfig, *, schedule: str, microbatches: int,
                       virtual_stages: int) -> None:
     """Schedule name, microbatch and virtual-stage counts against pp and the model's depth."""
@@ -351,10 +359,9 @@ def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule
     ok = []
     for layout in found:
         try:
-            validate_for_model(layout, cfg)
             m = matrix_microbatches(layout) if microbatches is None else microbatches
-            validate_batch(layout, batch, microbatches=m)
-            validate_pipeline(layout, cfg, schedule=schedule, microbatches=m, virtual_stages=virtual_stages)
+            validate_all(layout, cfg, batch=batch, schedule=schedule, microbatches=m,
+                         virtual_stages=virtual_stages)
             place(layout, topo)
         except ConfigError:
             continue

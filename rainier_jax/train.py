@@ -92,22 +92,22 @@ class Program:
 
 def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig) -> Program:
     tx = make_optimizer(run)
-    schedule = lr_schedule(run)
+    lr_at = lr_schedule(run)
     constrain = sharding.make_constrain(mesh)
     param_sh = sharding.param_shardings(mesh, layout, model)
     repl = sharding.replicated(mesh)
 
-    abstract_params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    # Optimizer moments mirror the parameters and take their shardings; counters are replicated.
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: repl)
-    state_sh = TrainState(param_sh, opt_sh, repl)
-    batch_sh = sharding.batch_sharding(mesh)
-
     def init_fn(key):
         params = init_params(model, key)
         return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    key = jax.random.key(run.seed)
+    abstract_state = jax.eval_shape(init_fn, key)
+    # Optimizer moments mirror the parameters and take their shardings; counters are replicated.
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_sh,
+                                   transform_non_params=lambda _: repl)
+    state_sh = TrainState(param_sh, opt_sh, repl)
+    batch_sh = sharding.batch_sharding(mesh)
 
     if layout.pp > 1 or run.microbatches > 1:
         pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
@@ -123,17 +123,16 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
         grad_norm = optax.tree.norm(grads)  # before clipping, as logged
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_at(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     def eval_fn(params, batches):
         return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain), batches))
 
-    key = jax.random.key(run.seed)
     init_jit = jax.jit(init_fn, out_shardings=state_sh)
     batch_abs = jax.ShapeDtypeStruct((run.batch, run.seq + 1), jnp.int32, sharding=batch_sh)
     state_abs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                             jax.eval_shape(init_fn, key), state_sh)
+                             abstract_state, state_sh)
     eval_sh = NamedSharding(mesh, P(None, *batch_sh.spec))
     evals_abs = jax.ShapeDtypeStruct((run.eval_batches, run.batch, run.seq + 1), jnp.int32, sharding=eval_sh)
 
