@@ -172,27 +172,32 @@ def _worst(errors: list[TensorError]) -> list[TensorError]:
     return sorted(by_path.values(), key=lambda e: (-e.ratio, -e.bounded, e.path))
 
 
+def _cast_like(host_tree, like_tree):
+    return jax.tree.map(lambda x, like: np.asarray(x).astype(like.dtype), host_tree, like_tree)
+
+
 def run_parity(ref: Program, cand: Program, corpus: data_lib.Corpus, *, bound: Bound,
                reference_name: str, candidate_name: str) -> ParityResult:
     """Lock-step and free-running comparison of `cand` against `ref` over `ref.run.steps` steps."""
     run = ref.run
     L = ref.model.n_layers
     state_ref = ref.init()
-    # One initialisation, resharded: the candidate starts from the reference's very bits. Through
-    # host memory, so nothing aliases: the reference's step donates its state, and a replicated
-    # device_put may share the reference's buffer on device 0.
-    state_cand = jax.device_put(jax.device_get(state_ref), cand.state_shardings)
+    # One initialisation, resharded (and, across precisions, rounded into the candidate's weight
+    # dtype): the candidate starts from the reference's very bits. Through host memory, so nothing
+    # aliases: the reference's step donates its state.
+    state_cand = cand.init_from(jax.device_get(state_ref.params))
     loss_limit = bound.limit(L + 1)
     loss_ref, loss_cand, free_ref, free_cand, lrs, errors = [], [], [], [], [], []
     for t in range(run.steps):
         host = data_lib.batch(corpus, seed=run.seed, step=t, batch_size=run.batch, seq_len=run.seq)
         batch_ref = jax.device_put(host, ref.batch_sharding)
         batch_cand = jax.device_put(host, cand.batch_sharding)
-        # Lock-step: the candidate evaluates at the reference's current parameters.
-        host_params = jax.device_get(state_ref.params)
-        params_at_ref = jax.device_put(host_params, cand.state_shardings.params)
-        lr, gr = ref.grads(state_ref.params, batch_ref)
-        lc, gc = cand.grads(params_at_ref, batch_cand)
+        # Lock-step: the candidate evaluates at the reference's current parameters (in its own
+        # weight dtype), with its own precision state (loss scale, fp8 scales) from its run.
+        params_at_ref = jax.device_put(_cast_like(jax.device_get(state_ref.params), state_cand.params),
+                                       cand.state_shardings.params)
+        lr, gr = ref.grads(state_ref, batch_ref)
+        lc, gc = cand.grads(dataclasses.replace(state_cand, params=params_at_ref), batch_cand)
         loss_ref.append(float(lr))
         loss_cand.append(float(lc))
         errors += compare(jax.device_get(gr), jax.device_get(gc), L, bound.limit, t + 1)

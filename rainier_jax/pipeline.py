@@ -37,6 +37,7 @@ from rainier_jax import sharding
 from rainier_jax.layout import ParallelLayout
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.schedules import IDLE, Schedule, pack
+from rainier_jax.numerics import FP32, Compute
 from rainier_jax.transformer import Constrain, cross_entropy, embed, head, run_layers
 
 
@@ -128,10 +129,11 @@ def _where(on, new, old):
 
 def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig, schedule: Schedule,
                             mesh: Mesh, layout: ParallelLayout, constrain: Constrain,
-                            bubble_fill: float = 0.0):
+                            compute: Compute = FP32, loss_scale=1.0, bubble_fill: float = 0.0):
     """(loss, grads) of the batch under `schedule`, equal in exact arithmetic to
-    `jax.value_and_grad(loss_fn)`. `bubble_fill` is what empty buffers and idle sends hold; set it
-    to NaN to prove that nothing computed in a bubble reaches the result."""
+    `jax.value_and_grad(loss_fn)`. Gradients come out multiplied by `loss_scale` (the backward is
+    seeded with it; the loss is not). `bubble_fill` is what empty buffers and idle sends hold; set
+    it to NaN to prove that nothing computed in a bubble reaches the result."""
     P, V, M, G = schedule.P, schedule.V, schedule.M, schedule.num_chunks
     pl = plan(pack(schedule))
     B, T1 = batch_BxT1.shape
@@ -164,18 +166,18 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     # The embedding runs inside the pipeline, on chunk 0's forward and backward, so no device
     # holds all M microbatches' embeddings: activation memory stays the schedule's stash.
     def embed_mb(table, m):
-        return embed({"embed": table}, inputs[m], constrain)
+        return embed({"embed": table}, inputs[m], constrain, compute)
 
     act_spec = jax.eval_shape(embed_mb, params["embed"], 0)
     act_shape, act_dtype = act_spec.shape, act_spec.dtype
     idle_act = jnp.full(act_shape, bubble_fill, act_dtype)
 
     def chunk(layer_params, x):
-        return run_layers(layer_params, x, cfg, constrain)
+        return run_layers(layer_params, x, cfg, constrain, compute)
 
     def chunk_and_loss(layer_params, hp, x, tgt):
         y = chunk(layer_params, x)
-        return y, cross_entropy(head(hp, y, cfg, constrain), tgt)
+        return y, cross_entropy(head(hp, y, cfg, constrain, compute), tgt)
 
     def device_tick(layers_V, carry, tab, do_f: bool, do_b: bool):
         """One tick on one device (vmapped over the stage axis). `do_f`/`do_b` are static: a run
@@ -208,7 +210,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         (_, mb_loss), vjp = jax.vjp(lambda a, h, x: chunk_and_loss(a, h, x, targets[tab["b_m"]]),
                                     lp, head_params, x_b)
         dy = jnp.where(last, jnp.zeros_like(idle_act), recv_grad[tab["b_recv"]])
-        d_lp, d_head, dx = vjp((dy, jnp.where(last, 1.0 / M, 0.0).astype(mb_loss.dtype)))
+        d_lp, d_head, dx = vjp((dy, jnp.where(last, loss_scale / M, 0.0).astype(mb_loss.dtype)))
         b_on = tab["b_on"].astype(bool)
         g_layers = _where(b_on, jax.tree.map(lambda acc, d: acc.at[tab["b_v"]].add(d), g_layers, d_lp), g_layers)
         g_head = _where(b_on & last, jax.tree.map(jnp.add, g_head, d_head), g_head)
@@ -238,10 +240,11 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         buffers(pl.act_slots),
         buffers(pl.grad_slots),
         one_act(), one_act(),
-        jax.tree.map(jnp.zeros_like, layers_PxV),
+        # Gradient accumulators are fp32 whatever the weights' dtype: M microbatches are summed.
+        jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), layers_PxV),
         # Per-stage gradient accumulators for the parameters outside the layer stack.
-        {k: pin(jnp.zeros((P, *a.shape), a.dtype), *specs[k]) for k, a in head_params.items()},
-        pin(jnp.zeros((P, *params["embed"].shape), params["embed"].dtype), *specs["embed"]),
+        {k: pin(jnp.zeros((P, *a.shape), jnp.float32), *specs[k]) for k, a in head_params.items()},
+        pin(jnp.zeros((P, *params["embed"].shape), jnp.float32), *specs["embed"]),
         jnp.zeros((P,), jnp.float32),
     )
     # One scan per run of ticks of the same kind (forward-only, backward-only, both).
@@ -255,4 +258,6 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     grads = {k: v.sum(axis=0) for k, v in g_head.items()}
     grads["embed"] = grads["embed"] + d_embed if "embed" in grads else d_embed
     grads["layers"] = jax.tree.map(from_stages, g_layers)
+    # Back to the weights' dtype (a no-op for fp32 weights), as a plain value_and_grad returns them.
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return loss.sum(), grads

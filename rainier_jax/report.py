@@ -25,12 +25,12 @@ class StepRecord:
     lr: float
     tokens_per_s: float
     eval_loss: float | None = None
+    precision: str = "fp32"
+    loss_scale: float | None = None     # fp16-mixed: the scale after this step
+    skipped: int | None = None          # fp16-mixed: overflowed (skipped) steps so far
 
     def as_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        if self.eval_loss is None:
-            del out["eval_loss"]
-        return out
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 class MetricsLog:
@@ -110,6 +110,8 @@ class Progress:
                     f"lr {rec.lr:.2e}  {rec.tokens_per_s:,.0f} tok/s  eta {eta:.0f} s")
             if rec.eval_loss is not None:
                 line += f"  eval_loss {rec.eval_loss:.4f}"
+            if rec.loss_scale is not None:
+                line += f"  loss_scale {rec.loss_scale:g}  skipped {rec.skipped}"
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -122,9 +124,12 @@ def summary(records: list[StepRecord], *, compile_seconds: float, wall_seconds: 
         return "no steps run"
     tps = [r.tokens_per_s for r in records[1:]] or [records[0].tokens_per_s]
     evals = [r for r in records if r.eval_loss is not None]
+    last = records[-1]
     lines = [
-        f"steps {records[0].step}–{records[-1].step}: loss {records[0].loss:.4f} → {records[-1].loss:.4f}"
-        + (f", eval loss {evals[-1].eval_loss:.4f}" if evals else ""),
+        f"steps {records[0].step}–{last.step} ({last.precision}): loss {records[0].loss:.4f} → {last.loss:.4f}"
+        + (f", eval loss {evals[-1].eval_loss:.4f}" if evals else "")
+        + (f"; loss scale {last.loss_scale:g}, {last.skipped} steps skipped on overflow"
+           if last.loss_scale is not None else ""),
         f"throughput: median {statistics.median(tps):,.0f} tokens/s (first step excluded); "
         f"compile {compile_seconds:.1f} s; total {wall_seconds:.1f} s",
     ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from rainier_jax.precision import PRESETS, Policy
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -26,6 +28,8 @@ class RunConfig:
     microbatches: int = 1
     schedule: str = "1f1b"
     virtual_stages: int = 1
+    # Precision preset (precision.PRESETS): storage and compute dtypes, rounding, loss scaling.
+    precision: str = "fp32"
 
     def __post_init__(self):
         checks = [("--steps", self.steps > 0, "a positive number of steps"),
@@ -39,3 +43,9 @@ class RunConfig:
         for flag, ok, want in checks:
             if not ok:
                 raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
+        if self.precision not in PRESETS:
+            raise ValueError(f"--precision {self.precision}: unknown precision (choose {', '.join(PRESETS)})")
+
+    @property
+    def policy(self) -> Policy:
+        return PRESETS[self.precision]

@@ -18,11 +18,12 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from rainier_jax import data as data_lib
-from rainier_jax import sharding
+from rainier_jax import numerics, sharding
 from rainier_jax.layout import AXES, ParallelLayout
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.report import StepRecord
 from rainier_jax.pipeline import pipeline_loss_and_grads
+from rainier_jax.precision import Policy
 from rainier_jax.run_config import RunConfig
 from rainier_jax.schedules import build_schedule
 from rainier_jax.transformer import init_params, loss_fn
@@ -58,7 +59,10 @@ def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
 class TrainState:
     params: dict
     opt_state: Any
-    step: jax.Array  # completed updates, int32 scalar
+    step: jax.Array  # completed steps (the data position), int32 scalar
+    # The policy's own state: loss scale, good-step and skip counts (fp16-mixed), amax histories
+    # (fp8); empty otherwise.
+    precision: dict = dataclasses.field(default_factory=dict)
 
 
 def build_mesh(layout: ParallelLayout, devices: np.ndarray) -> Mesh:
@@ -74,6 +78,24 @@ def mesh_on_ranks(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
     return build_mesh(layout, devices[:1] if placement is None else devices[placement])
 
 
+# The weights that go through `Compute.linear`, each with fp8 metadata under the fp8 policy.
+LINEAR_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def fp8_meta_init(model: ModelConfig, policy: Policy) -> dict:
+    hist = (numerics.FP8_ROWS, policy.amax_history)
+    return {"layers": {w: jnp.zeros((model.n_layers, *hist), jnp.float32) for w in LINEAR_WEIGHTS},
+            "head": jnp.zeros(hist, jnp.float32)}
+
+
+def with_fp8(params: dict, meta: dict | None) -> dict:
+    """The parameters as the model reads them: fp8 metadata next to the weights it scales (the
+    layer stack's slices then travel through the scan together)."""
+    if meta is None:
+        return params
+    return {**params, "layers": {**params["layers"], "fp8": meta["layers"]}, "fp8": {"head": meta["head"]}}
+
+
 @dataclasses.dataclass
 class Program:
     """Everything compiled for one (model, layout, mesh, run)."""
@@ -81,55 +103,119 @@ class Program:
     layout: ParallelLayout
     model: ModelConfig
     run: RunConfig
+    policy: Policy
     state_shardings: TrainState
     batch_sharding: NamedSharding
     init: Callable[[], TrainState]
+    init_from: Callable   # jitted: fp32 params (any sharding) → a fresh state holding them
     step: Any            # compiled: (state, batch) → (state, metrics)
-    eval_loss: Any       # compiled: (params, batches) → loss
-    grads: Callable      # jitted: (params, batch) → (loss, grads); for parity checks
+    eval_loss: Any       # compiled: (state, batches) → loss
+    grads: Callable      # jitted: (state, batch) → (loss, unscaled grads); for parity checks
     compile_seconds: float
 
 
-def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig) -> Program:
+def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig,
+                  policy: Policy | None = None) -> Program:
+    """`policy` defaults to `run.precision`'s preset (tests pass variants, e.g. another loss scale)."""
+    policy = policy or run.policy
+    compute = numerics.Compute(policy)
     tx = make_optimizer(run)
     lr_at = lr_schedule(run)
     constrain = sharding.make_constrain(mesh)
     param_sh = sharding.param_shardings(mesh, layout, model)
     repl = sharding.replicated(mesh)
 
+    def store(tree, prefix, step):
+        return numerics.store(tree, policy, seed=run.seed, step=step, prefix=prefix)
+
+    def precision_init():
+        out = {}
+        if policy.loss_scaling:
+            out.update(numerics.loss_scale_init(policy))
+        if policy.fp8:
+            out["fp8"] = fp8_meta_init(model, policy)
+        return out
+
+    def state_from(params32):
+        # Initial weights are rounded to nearest even in every preset (so bf16 and bf16-sr start
+        # from the same bits); stochastic rounding applies to the updates.
+        params = numerics.store(params32, dataclasses.replace(policy, stochastic_rounding=False),
+                                seed=run.seed, step=0, prefix="params")
+        opt_state = store(tx.init(numerics.upcast(params)), "opt", 0)
+        return TrainState(params, opt_state, jnp.zeros((), jnp.int32), precision_init())
+
     def init_fn(key):
-        params = init_params(model, key)
-        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+        return state_from(init_params(model, key))
 
     key = jax.random.key(run.seed)
     abstract_state = jax.eval_shape(init_fn, key)
     # Optimizer moments mirror the parameters and take their shardings; counters are replicated.
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_sh,
                                    transform_non_params=lambda _: repl)
-    state_sh = TrainState(param_sh, opt_sh, repl)
+    state_sh = TrainState(param_sh, opt_sh, repl, jax.tree.map(lambda _: repl, abstract_state.precision))
     batch_sh = sharding.batch_sharding(mesh)
 
     if layout.pp > 1 or run.microbatches > 1:
         pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
 
-        def loss_and_grads(params, batch):
-            return pipeline_loss_and_grads(params, batch, model, pipe, mesh, layout, constrain)
+        def scaled_loss_and_grads(params, meta, batch, scale):
+            del meta  # fp8 is refused with a pipeline (precision.check_compatible)
+            loss, grads = pipeline_loss_and_grads(params, batch, model, pipe, mesh, layout, constrain,
+                                                  compute=compute, loss_scale=scale)
+            return loss, grads, None
     else:
-        def loss_and_grads(params, batch):
-            return jax.value_and_grad(loss_fn)(params, batch, model, constrain)
+        def scaled_loss_and_grads(params, meta, batch, scale):
+            def scaled(p, m):
+                loss = loss_fn(with_fp8(p, m), batch, model, constrain, compute)
+                return loss * scale, loss
+            (_, loss), (grads, new_meta) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, meta)
+            return loss, grads, new_meta
+
+    def loss_and_grads(state: TrainState, batch):
+        """(loss, gradients divided by the loss scale, fp8 metadata for the next step)."""
+        prec = state.precision
+        scale = prec["loss_scale"] if policy.loss_scaling else 1.0
+        loss, grads, new_meta = scaled_loss_and_grads(state.params, prec.get("fp8"), batch, scale)
+        if policy.loss_scaling:  # unscale in fp32, then back to the weights' dtype
+            grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / scale).astype(g.dtype), grads)
+        return loss, grads, new_meta
 
     def step_fn(state: TrainState, batch):
-        loss, grads = loss_and_grads(state.params, batch)
-        grad_norm = optax.tree.norm(grads)  # before clipping, as logged
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_at(state.step)}
-        return TrainState(params, opt_state, state.step + 1), metrics
+        loss, grads, new_meta = loss_and_grads(state, batch)
+        # The optimizer's arithmetic is fp32 in every preset; `store` rounds what is kept.
+        grads32 = numerics.upcast(grads)
+        grad_norm = optax.tree.norm(grads32)  # before clipping, as logged
+        params32 = numerics.upcast(state.params)
+        updates, opt32 = tx.update(grads32, numerics.upcast(state.opt_state), params32)
+        params = store(optax.apply_updates(params32, updates), "params", state.step)
+        opt_state = store(opt32, "opt", state.step)
+        prec = dict(state.precision)
+        applied = state.step
+        if policy.loss_scaling:
+            # An overflowed step changes nothing but the scale: weights and Adam state (its step
+            # count included) stay as they were; the batch is consumed.
+            finite = numerics.all_finite(grads)
+            params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+            opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+            applied = state.step - prec["skipped"]
+            prec.update(numerics.next_loss_scale(prec, finite, policy))
+        if policy.fp8:
+            prec["fp8"] = new_meta
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_at(applied)}
+        if policy.loss_scaling:
+            metrics.update(loss_scale=prec["loss_scale"], skipped=prec["skipped"])
+        return TrainState(params, opt_state, state.step + 1, prec), metrics
 
-    def eval_fn(params, batches):
-        return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain), batches))
+    def eval_fn(state: TrainState, batches):
+        params = with_fp8(state.params, state.precision.get("fp8"))
+        return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain, compute), batches))
+
+    def grads_fn(state: TrainState, batch):
+        loss, grads, _ = loss_and_grads(state, batch)
+        return loss, grads
 
     init_jit = jax.jit(init_fn, out_shardings=state_sh)
+    from_jit = jax.jit(lambda p: state_from(numerics.upcast(p)), out_shardings=state_sh)
     batch_abs = jax.ShapeDtypeStruct((run.batch, run.seq + 1), jnp.int32, sharding=batch_sh)
     state_abs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                              abstract_state, state_sh)
@@ -139,12 +225,12 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     t0 = time.perf_counter()
     step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
                    donate_argnums=0).lower(state_abs, batch_abs).compile()
-    eval_loss = jax.jit(eval_fn, in_shardings=(param_sh, eval_sh), out_shardings=repl
-                        ).lower(state_abs.params, evals_abs).compile()
+    eval_loss = jax.jit(eval_fn, in_shardings=(state_sh, eval_sh), out_shardings=repl
+                        ).lower(state_abs, evals_abs).compile()
     compile_seconds = time.perf_counter() - t0
-    grads = jax.jit(loss_and_grads, in_shardings=(param_sh, batch_sh), out_shardings=(repl, param_sh))
-    return Program(mesh, layout, model, run, state_sh, batch_sh, lambda: init_jit(key), step,
-                   eval_loss, grads, compile_seconds)
+    grads = jax.jit(grads_fn, in_shardings=(state_sh, batch_sh), out_shardings=(repl, param_sh))
+    return Program(mesh, layout, model, run, policy, state_sh, batch_sh, lambda: init_jit(key), from_jit,
+                   step, eval_loss, grads, compile_seconds)
 
 
 def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepRecord], None],
@@ -172,9 +258,11 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
         m = jax.device_get(metrics)  # blocks until that step is done
         now = time.perf_counter()
         rec = StepRecord(step_no, float(m["loss"]), float(m["grad_norm"]), float(m["lr"]),
-                         tokens / max(now - last_done, 1e-9))
+                         tokens / max(now - last_done, 1e-9), precision=program.policy.name)
+        if "loss_scale" in m:
+            rec.loss_scale, rec.skipped = float(m["loss_scale"]), int(m["skipped"])
         if eval_now:
-            rec.eval_loss = float(program.eval_loss(state.params, evals))
+            rec.eval_loss = float(program.eval_loss(state, evals))
             now = time.perf_counter()  # evaluation time is not charged to the next step
         last_done = now
         on_step(rec)

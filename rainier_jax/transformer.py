@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rainier_jax.model_config import ModelConfig, param_shapes
+from rainier_jax.numerics import FP32, Compute
 
 Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
 
@@ -62,9 +63,10 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 
 def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
     # Statistics in fp32 whatever the activation dtype: the mean of squares underflows in bf16.
+    # The output keeps the activation dtype (the fp32 scale is cast down, not the output up).
     x32 = x_BxTxD.astype(jnp.float32)
     inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (x32 * inv).astype(x_BxTxD.dtype) * scale_D
+    return (x32 * inv).astype(x_BxTxD.dtype) * scale_D.astype(x_BxTxD.dtype)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -80,11 +82,16 @@ def apply_rope(x_BxTxNxK: jax.Array, cos_TxK2: jax.Array, sin_TxK2: jax.Array) -
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxNxK.dtype)
 
 
+def _fp8(p: dict, name: str):
+    """A weight's fp8 amax metadata, present only under the fp8 policy."""
+    return p.get("fp8", {}).get(name)
+
+
 def attention(p: dict, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array], cfg: ModelConfig,
-              constrain: Constrain) -> jax.Array:
-    q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD, p["wq"])
-    k_BxTxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, p["wk"])
-    v_BxTxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, p["wv"])
+              constrain: Constrain, compute: Compute) -> jax.Array:
+    q_BxTxHxK = compute.linear("btd,dhk->bthk", x_BxTxD, p["wq"], _fp8(p, "wq"))
+    k_BxTxGxK = compute.linear("btd,dgk->btgk", x_BxTxD, p["wk"], _fp8(p, "wk"))
+    v_BxTxGxK = compute.linear("btd,dgk->btgk", x_BxTxD, p["wv"], _fp8(p, "wv"))
     q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
     k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
     # Grouped-query attention: query head h reads kv head h // (H/G). Repeating kv heads up to H
@@ -97,72 +104,78 @@ def attention(p: dict, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array], cf
 
     T = x_BxTxD.shape[1]
     # Scores and softmax in fp32: the exponent's range is what bf16 loses first.
-    s_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK,
-                           preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+    s_BxHxTxT = compute.bmm("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK,
+                            out_dtype=jnp.float32) / math.sqrt(cfg.head_dim)
     causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
     # -inf (not a large negative number) makes masked probabilities exactly zero, so a position
     # has exactly zero gradient with respect to any later one.
     s_BxHxTxT = jnp.where(causal_TxT[None, None], s_BxHxTxT, -jnp.inf)
     p_BxHxTxT = jax.nn.softmax(s_BxHxTxT, axis=-1).astype(v_BxTxHxK.dtype)
-    o_BxTxHxK = jnp.einsum("bhts,bshk->bthk", p_BxHxTxT, v_BxTxHxK)
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxK, p["wo"])
+    o_BxTxHxK = compute.bmm("bhts,bshk->bthk", p_BxHxTxT, v_BxTxHxK)
+    return compute.linear("bthk,hkd->btd", o_BxTxHxK, p["wo"], _fp8(p, "wo"))
 
 
-def mlp(p: dict, x_BxTxD: jax.Array, constrain: Constrain) -> jax.Array:
-    gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["w_gate"])
-    up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, p["w_up"])
+def mlp(p: dict, x_BxTxD: jax.Array, constrain: Constrain, compute: Compute) -> jax.Array:
+    gate_BxTxF = compute.linear("btd,df->btf", x_BxTxD, p["w_gate"], _fp8(p, "w_gate"))
+    up_BxTxF = compute.linear("btd,df->btf", x_BxTxD, p["w_up"], _fp8(p, "w_up"))
     h_BxTxF = constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "seq", "mlp"))
-    return jnp.einsum("btf,fd->btd", h_BxTxF, p["w_down"])
+    return compute.linear("btf,fd->btd", h_BxTxF, p["w_down"], _fp8(p, "w_down"))
 
 
-def block(p: dict, x_BxTxD: jax.Array, rope, cfg: ModelConfig, constrain: Constrain) -> jax.Array:
-    h_BxTxD = x_BxTxD + attention(p, rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps), rope, cfg, constrain)
-    out_BxTxD = h_BxTxD + mlp(p, rms_norm(h_BxTxD, p["mlp_norm"], cfg.norm_eps), constrain)
+def block(p: dict, x_BxTxD: jax.Array, rope, cfg: ModelConfig, constrain: Constrain,
+          compute: Compute) -> jax.Array:
+    h_BxTxD = x_BxTxD + attention(p, rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps), rope, cfg, constrain,
+                                  compute)
+    out_BxTxD = h_BxTxD + mlp(p, rms_norm(h_BxTxD, p["mlp_norm"], cfg.norm_eps), constrain, compute)
     return constrain(out_BxTxD, ("batch", "seq", "embed"))
 
 
-def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain) -> jax.Array:
+def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain, compute: Compute = FP32) -> jax.Array:
     # Constrain the table with activation rules first: that gathers an FSDP-split model dimension
     # once, instead of letting the gather turn into all-to-alls as wide as the fsdp group.
     table_VxD = constrain(params["embed"], ("vocab", "embed"))
-    x_BxTxD = jnp.take(table_VxD, tokens_BxT, axis=0)
+    # The residual stream is kept in the compute dtype from here on.
+    x_BxTxD = compute.cast(jnp.take(table_VxD, tokens_BxT, axis=0))
     return constrain(x_BxTxD, ("batch", "seq", "embed"))
 
 
 def run_layers(layers: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-               constrain: Constrain = no_constraint) -> jax.Array:
+               constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
     """A stack of blocks (`layers` leaves have a leading layer axis) under `lax.scan`; pipeline
     stages call this on their own slice of the stack."""
     rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_theta)
 
     def step(x, layer_params):
-        return block(layer_params, x, rope, cfg, constrain), None
+        return block(layer_params, x, rope, cfg, constrain, compute), None
 
     x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, layers)
     return x_BxTxD
 
 
 def head(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-         constrain: Constrain = no_constraint) -> jax.Array:
-    """Final norm → logits. Reads `final_norm` and `head` (or, tied, `embed`) from `params`."""
+         constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
+    """Final norm → fp32 logits. Reads `final_norm` and `head` (or, tied, `embed`) from `params`."""
     x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
+    # Logits leave the matmul in fp32: the loss's log-softmax needs their full range.
     if cfg.tie_embeddings:
         table_VxD = constrain(params["embed"], ("vocab", "embed"))
-        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD)
+        logits_BxTxV = compute.linear("btd,vd->btv", x_BxTxD, table_VxD, _fp8(params, "head"),
+                                      out_dtype=jnp.float32)
     else:
-        logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, params["head"])
+        logits_BxTxV = compute.linear("btd,dv->btv", x_BxTxD, params["head"], _fp8(params, "head"),
+                                      out_dtype=jnp.float32)
     return constrain(logits_BxTxV, ("batch", "seq", "vocab"))
 
 
 def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-           constrain: Constrain = no_constraint) -> jax.Array:
+           constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
     """Blocks → final norm → logits, from input embeddings (the causality test enters here)."""
-    return head(params, run_layers(params["layers"], x_BxTxD, cfg, constrain), cfg, constrain)
+    return head(params, run_layers(params["layers"], x_BxTxD, cfg, constrain, compute), cfg, constrain, compute)
 
 
 def forward(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig,
-            constrain: Constrain = no_constraint) -> jax.Array:
-    return decode(params, embed(params, tokens_BxT, constrain), cfg, constrain)
+            constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
+    return decode(params, embed(params, tokens_BxT, constrain, compute), cfg, constrain, compute)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -173,7 +186,7 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 
 def loss_fn(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig,
-            constrain: Constrain = no_constraint) -> jax.Array:
+            constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
     """Loss of a `[B, T+1]` token batch: predict tokens 1..T from tokens 0..T-1."""
     inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
-    return cross_entropy(forward(params, inputs_BxT, cfg, constrain), targets_BxT)
+    return cross_entropy(forward(params, inputs_BxT, cfg, constrain, compute), targets_BxT)

@@ -67,15 +67,15 @@ def _with_grads(program, transform):
     """The same program, its gradients passed through `transform(params, batch, loss, grads)`."""
     inner = program.grads
 
-    def grads(params, batch):
-        loss, g = inner(params, batch)
-        return transform(params, batch, loss, g)
+    def grads(state, batch):
+        loss, g = inner(state, batch)
+        return transform(state, batch, loss, g)
     return dataclasses.replace(program, grads=grads)
 
 
 def test_harness_fails_on_a_perturbed_gradient(single, corpus):
     # One tensor's gradient off by 1e-4 relative: far below anything a loss curve would show.
-    def perturb(params, batch, loss, g):
+    def perturb(state, batch, loss, g):
         g = dict(g, layers=dict(g["layers"], w_up=g["layers"]["w_up"] * (1 + 1e-4)))
         return loss, g
     result = check(single, _with_grads(program_for("dp=2,fsdp=2,tp=2"), perturb), corpus)
@@ -90,8 +90,8 @@ def test_harness_fails_on_a_dropped_data_parallel_reduction(single, corpus):
     cand = program_for("dp=2,fsdp=2,tp=2")
     half = RUN.batch // 2
 
-    def local_only(params, batch, loss, g):
-        return cand.grads(params, jax.device_put(batch[:half], cand.batch_sharding))
+    def local_only(state, batch, loss, g):
+        return cand.grads(state, jax.device_put(batch[:half], cand.batch_sharding))
     result = check(single, _with_grads(cand, local_only), corpus)
     assert not result.passed
     assert "loss at step 1" in result.first_violation or "gradient" in result.first_violation
