@@ -145,8 +145,17 @@ def run_layers(layers: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
     stages call this on their own slice of the stack."""
     rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_theta)
 
+    # Each block is rematerialised in the backward pass: the scan then saves only each block's
+    # input, not every intermediate. On this CPU that is faster as well as smaller — stacking the
+    # saved intermediates (attention probabilities above all) costs more than recomputing them:
+    # measured 0.99 → 0.84 s (fp32) and 0.76 → 0.39 s (bf16-mixed) for the tiny model's
+    # forward and backward at batch 32 × 128.
+    @jax.checkpoint
+    def remat_block(layer_params, x):
+        return block(layer_params, x, rope, cfg, constrain, compute)
+
     def step(x, layer_params):
-        return block(layer_params, x, rope, cfg, constrain, compute), None
+        return remat_block(layer_params, x), None
 
     x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, layers)
     return x_BxTxD
