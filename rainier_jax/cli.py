@@ -16,7 +16,7 @@ from rainier_jax.config import ConfigError, builtin_names
 
 DEFAULT_MESH = "trn2-mini-8"
 DEFAULT_MODEL = "tiny"
-PRECISIONS = ("fp32",)  # precision policies add their names here
+PRESET_HELP = "fp32, bf16-mixed, bf16, bf16-sr, fp16-mixed or fp8 (docs/PRECISION.md)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default=None,
                     help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
+    tr.add_argument("--precision", default=None, help=f"precision preset: {PRESET_HELP} [fp32]")
     _add_pipeline_flags(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -76,10 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check every layout of the mesh's ranks the model admits, one summary row each")
     pa.add_argument("--max-layouts", type=int, default=24, help="cap on --matrix layouts [24]")
     pa.add_argument("--reference", default="single", help="single (one device) or a layout [single]")
-    pa.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                    help="candidate precision (only fp32 exists so far) [fp32]")
-    pa.add_argument("--reference-precision", default="fp32", choices=PRECISIONS,
-                    help="reference precision [fp32]")
+    pa.add_argument("--precision", default=None, help=f"candidate precision: {PRESET_HELP} [fp32]")
+    pa.add_argument("--reference-precision", default=None,
+                    help="reference precision [the candidate's: a layout check; give fp32 to measure a preset against fp32]")
     pa.add_argument("--tolerance", type=float, default=None,
                     help="override the derived bound: limit on every tensor's relative L2 error and the loss")
     pa.add_argument("--mesh", default=DEFAULT_MESH, help=f"mesh name or path [{DEFAULT_MESH}]")
@@ -134,7 +134,7 @@ def cmd_mesh_show(args) -> int:
 def _run_config(args):
     from rainier_jax.run_config import RunConfig
     given = {k: getattr(args, k, None) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every",
-                                                 "microbatches", "schedule", "virtual_stages")}
+                                                 "microbatches", "schedule", "virtual_stages", "precision")}
     given = {k: v for k, v in given.items() if v is not None}
     try:
         return RunConfig(**given)
@@ -145,6 +145,7 @@ def _run_config(args):
 def cmd_train(args) -> int:
     from rainier_jax import data as data_lib
     from rainier_jax.layout import layout_warnings, parse_layout, place, validate_all
+    from rainier_jax.precision import check_compatible
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
     from rainier_jax.model_config import load_model
@@ -156,6 +157,7 @@ def cmd_train(args) -> int:
     run = _run_config(args)
     validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
                  virtual_stages=run.virtual_stages)
+    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
     placement = place(layout, topo)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     metrics = MetricsLog(args.metrics, first_step=1) if args.metrics else None
@@ -177,6 +179,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
         print(f"  {describe_links(al)}")
     print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
+    print(run.policy.describe())
     if layout.pp > 1 or run.microbatches > 1:
         from rainier_jax.schedules import build_schedule
         pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
@@ -211,6 +214,7 @@ def cmd_parity(args) -> int:
     from rainier_jax.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
                                     validate_all)
     from rainier_jax.model_config import load_model
+    from rainier_jax.precision import check_compatible, get_policy
     from rainier_jax.topology import load_topology
 
     topo = load_topology(args.mesh, lnc=args.lnc)
@@ -234,18 +238,24 @@ def cmd_parity(args) -> int:
     reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
     ref_layout = reference or ParallelLayout()
     # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
-    ref_run = run if ref_layout.pp > 1 else dataclasses.replace(run, microbatches=1, virtual_stages=1,
-                                                                schedule="1f1b")
+    # Its precision is the candidate's unless given: by default parity checks a layout.
+    ref_precision = get_policy(args.reference_precision or run.precision, flag="--reference-precision").name
+    ref_run = dataclasses.replace(run, precision=ref_precision)
+    if ref_layout.pp == 1:
+        ref_run = dataclasses.replace(ref_run, microbatches=1, virtual_stages=1, schedule="1f1b")
 
     def run_for(layout):
         if args.matrix and args.microbatches is None:
             return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
         return run
 
-    checks = [(c, "--parallel", run_for(c)) for c in candidates] + ([(reference, "--reference", ref_run)] if reference else [])
+    checks = [(c, "--parallel", run_for(c)) for c in candidates]
+    checks.append((ref_layout, "--reference", ref_run))
     for layout, flag, layout_run in checks:
         validate_all(layout, model, batch=run.batch, schedule=layout_run.schedule,
                      microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag)
+        check_compatible(layout_run.policy, pp=layout.pp, microbatches=layout_run.microbatches,
+                         flag="--reference-precision" if flag == "--reference" else "--precision")
     report_dir = _writable_dir(args.report) if args.report else None
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 
@@ -257,24 +267,24 @@ def cmd_parity(args) -> int:
     from rainier_jax.train import build_program, mesh_on_ranks
 
     eps = float(np.finfo(np.float32).eps)
+    precisions = f"{run.precision} vs {ref_run.precision}"
     ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None),
                              ref_run)
     ref_name = str(reference) if reference else "single"
     settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
-                "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": args.precision,
-                "reference_precision": args.reference_precision, "corpus_sha256": corpus.sha256,
+                "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": run.precision,
+                "reference_precision": ref_run.precision, "corpus_sha256": corpus.sha256,
                 "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
     results = []
     if args.matrix:
         print(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
-              f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {args.precision})")
+              f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {precisions})")
         print(MATRIX_HEADER, flush=True)
     for layout in candidates:
         cand_run = run_for(layout)
-        same = (reference is not None and layout == reference and args.precision == args.reference_precision
-                and ref_run == cand_run)
+        same = reference is not None and layout == reference and ref_run == cand_run
         bound = (Bound("override", eps, override=args.tolerance) if args.tolerance is not None
-                 else Bound("bitwise" if same else "derived", eps))
+                 else Bound.for_precisions(ref_run.policy, cand_run.policy, n_layers=model.n_layers, identical=same))
         prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), cand_run)
         name = str(layout) + (f" {cand_run.schedule} M={cand_run.microbatches}"
                               if layout.pp > 1 or cand_run.microbatches > 1 else "")
@@ -285,7 +295,7 @@ def cmd_parity(args) -> int:
         else:
             print(format_result(result, header=(
                 f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
-                f"batch {run.batch} × seq {run.seq}, {args.precision} vs {args.reference_precision})")))
+                f"batch {run.batch} × seq {run.seq}, {precisions})")))
         if report_dir is not None:
             write_report(result, report_dir / str(layout) if args.matrix else report_dir,
                          {**settings, "candidate": str(layout), "reference": ref_name})

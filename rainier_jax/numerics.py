@@ -145,10 +145,12 @@ class Compute:
 # fp8 with delayed scaling
 
 
-def fp8_scale(history, fmt):
-    """Scale s such that x / s fills the format's range, from the largest recent amax (1 until an
-    amax has been seen: the first step quantises unscaled)."""
+def fp8_scale(history, fmt, current_amax):
+    """Scale s such that x / s fills the format's range, from the largest amax of recent steps
+    (delayed scaling). Before any history exists (the first step) the tensor's own amax is used:
+    scale 1 would flush gradients of ~1e-4 to e5m2's subnormals."""
     amax = jnp.max(history)
+    amax = jnp.where(amax > 0, amax, current_amax)
     return jnp.where(amax > 0, amax / FP8_MAX[fmt], 1.0).astype(jnp.float32)
 
 
@@ -169,16 +171,19 @@ def _fp8_mm(eq, qa, qb, scale):
     return _dot32(eq, qa.astype(jnp.bfloat16), qb.astype(jnp.bfloat16)) * scale
 
 
+def _amax(x):
+    return jnp.max(jnp.abs(x)).astype(jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def fp8_dot(eq: str, out_dtype, x, w, meta):
-    sx, sw = fp8_scale(meta[0], E4M3), fp8_scale(meta[1], E4M3)
-    return _fp8_mm(eq, quantize(x, sx, E4M3), quantize(w, sw, E4M3), sx * sw).astype(out_dtype)
+    return _fp8_fwd(eq, out_dtype, x, w, meta)[0]
 
 
 def _fp8_fwd(eq, out_dtype, x, w, meta):
-    sx, sw = fp8_scale(meta[0], E4M3), fp8_scale(meta[1], E4M3)
+    amax_x, amax_w = _amax(x), _amax(w)
+    sx, sw = fp8_scale(meta[0], E4M3, amax_x), fp8_scale(meta[1], E4M3, amax_w)
     qx, qw = quantize(x, sx, E4M3), quantize(w, sw, E4M3)
-    amax_x, amax_w = jnp.max(jnp.abs(x)).astype(jnp.float32), jnp.max(jnp.abs(w)).astype(jnp.float32)
     y = _fp8_mm(eq, qx, qw, sx * sw).astype(out_dtype)
     return y, (qx, qw, sx, sw, meta, amax_x, amax_w, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
@@ -186,11 +191,11 @@ def _fp8_fwd(eq, out_dtype, x, w, meta):
 def _fp8_bwd(eq, out_dtype, res, g):
     qx, qw, sx, sw, meta, amax_x, amax_w, x_tag, w_tag = res
     eq_x, eq_w = _transpose_equations(eq)
-    sg = fp8_scale(meta[2], E5M2)
+    amax_g = _amax(g)
+    sg = fp8_scale(meta[2], E5M2, amax_g)
     qg = quantize(g, sg, E5M2)
     dx = _fp8_mm(eq_x, qg, qw, sg * sw).astype(x_tag.dtype)
     dw = _fp8_mm(eq_w, qx, qg, sx * sg).astype(w_tag.dtype)
-    amax_g = jnp.max(jnp.abs(g)).astype(jnp.float32)
     # The metadata's "gradient" is its next value: each history with this step's amax pushed in.
     new_meta = jnp.stack([_push(meta[0], amax_x), _push(meta[1], amax_w), _push(meta[2], amax_g)])
     return dx, dw, new_meta

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from rainier_jax import data as data_lib
+from rainier_jax.precision import Policy
 from rainier_jax.train import Program
 
 # Set once from known-good layouts (docs/PARITY.md): over 7 layouts of trn2-mini-8, two batch
@@ -38,25 +39,52 @@ from rainier_jax.train import Program
 # (the measured errors barely grow with depth; C keeps room for deeper models). K = 4 × 15.8.
 K = 64.0
 C = 1.1
+EPS32 = float(np.finfo(np.float32).eps)
 # Free-running bound (information, not verdict): relative loss difference after Adam updates,
 # 100× the worst measured (7.5e-6 over the same runs).
 FREE_LOSS_RTOL = 1e-3
 
 
+# Low-precision bound (docs/PRECISION.md): roundings per block on a forward or backward path,
+# counted in transformer.block (norm output, q/k/v, rope, probabilities, attention output, its
+# projection, the MLP's gate·up product and down projection), and the margin in standard deviations.
+ROUNDINGS_PER_BLOCK = 8
+LOWP_MARGIN = 4.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Bound:
     """What counts as agreement, and how it was arrived at (recorded in the report)."""
-    kind: str            # "bitwise", "derived" or "override"
-    eps: float
+    kind: str            # "bitwise", "derived", "derived-lowp" or "override"
+    eps: float           # fp32 kinds: machine epsilon; derived-lowp: the effective unit roundoff
     k: float = K
     c: float = C
     override: float | None = None
+    layers: int = 0      # derived-lowp: the model's depth L
+
+    @classmethod
+    def for_precisions(cls, ref: Policy, cand: Policy, *, n_layers: int, identical: bool) -> "Bound":
+        """The bound for comparing `cand` with `ref`: bitwise when both are the same computation;
+        fp32's reordering bound when both are fp32; otherwise the low-precision rounding bound
+        with the two policies' rounding errors independent (root sum of squares of their units)."""
+        if identical:
+            return cls("bitwise", EPS32)
+        u = math.hypot(ref.rounding_unit, cand.rounding_unit)
+        if u == 0.0:
+            return cls("derived", EPS32)
+        return cls("derived-lowp", u, layers=n_layers)
 
     def limit(self, depth: int) -> float:
         if self.kind == "bitwise":
             return 0.0
         if self.kind == "override":
             return float(self.override)
+        if self.kind == "derived-lowp":
+            # n = R·(L + 1 + d) roundings lie between the inputs and a tensor at depth d (the whole
+            # forward pass and loss, then d blocks of backward pass), each a relative error uniform
+            # in ±u (RMS u/√3) with random sign: RMS total u·√(n/3), amplified C^d, with margin.
+            n = ROUNDINGS_PER_BLOCK * (self.layers + 1 + depth)
+            return LOWP_MARGIN * self.c ** depth * self.eps * math.sqrt(n / 3)
         return self.k * self.c ** depth * self.eps
 
     def describe(self) -> str:
@@ -64,6 +92,9 @@ class Bound:
             return "bitwise: reference and candidate are the same layout and precision, so fp32 on CPU must agree exactly"
         if self.kind == "override":
             return f"override: --tolerance {self.override:g} on every tensor's relative L2 error and the loss"
+        if self.kind == "derived-lowp":
+            return (f"derived-lowp: rel_l2 <= {LOWP_MARGIN:g} * C^depth * u * sqrt({ROUNDINGS_PER_BLOCK} * (L+1+depth) / 3) "
+                    f"with u={self.eps:.3g} (effective unit roundoff of the two precisions), C={self.c:g}, L={self.layers}")
         return (f"derived: rel_l2 <= k * C^depth * eps with k={self.k:g}, C={self.c:g}, eps={self.eps:.3g}; "
                 f"depth = L - l for layer l (0-based) of L, L+1 for the embedding and the loss, "
                 f"0 for head and final norm")

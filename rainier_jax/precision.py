@@ -23,6 +23,7 @@ arithmetic run in fp32; only what is *stored* differs.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from rainier_jax.config import ConfigError
 
@@ -43,6 +44,16 @@ class Policy:
     growth_interval: int = 100
     # fp8 delayed scaling: each tensor's scale comes from the max of its last `amax_history` amaxes.
     amax_history: int = 16
+
+    @property
+    def rounding_unit(self) -> float:
+        """Effective unit roundoff of the low-precision roundings this policy adds to an fp32
+        computation (0 for fp32): bf16 2^-8, fp16 2^-11. fp8 rounds as many values to fp8 (unit
+        2^-3, e5m2's, the coarser of its two formats) as to bf16, so its unit is the root sum of
+        squares of the two. Used by the parity harness's bound (parity.Bound.for_precisions)."""
+        units = {"float32": 0.0, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
+        u = units[self.compute_dtype]
+        return math.sqrt(u * u + (2.0 ** -3) ** 2) if self.fp8 else u
 
     @property
     def param_bytes(self) -> int:
