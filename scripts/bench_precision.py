@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--mesh", default="trn2-mini-8", help="mesh [trn2-mini-8]")
     ap.add_argument("--layout", action="append", help="layout(s) [dp=8, the default layout]")
     ap.add_argument("--precision", action="append", help=f"preset(s) [all: {', '.join(PRESETS)}]")
+    ap.add_argument("--batch", type=int, default=None, help="global sequences per step [train's default, 32]")
     ap.add_argument("--steps", type=int, default=20, help="steps per run [20]")
     ap.add_argument("--warmup", type=int, default=3, help="first steps of each run not counted [3]")
     ap.add_argument("--repeats", type=int, default=3, help="runs per configuration, round-robin [3]")
@@ -52,7 +53,8 @@ def main() -> int:
         for r in range(args.repeats):
             for (lay, p) in results:
                 try:
-                    tps, _ = run_once(args, args.mesh, lay, Path(tmp) / f"m{r}-{lay}-{p}.jsonl", ("--precision", p))
+                    extra = ("--precision", p) + (("--batch", str(args.batch)) if args.batch else ())
+                    tps, _ = run_once(args, args.mesh, lay, Path(tmp) / f"m{r}-{lay}-{p}.jsonl", extra)
                 except RuntimeError as e:
                     sys.exit(f"bench_precision: {e}")
                 results[(lay, p)].append(tps)
@@ -74,7 +76,8 @@ def main() -> int:
         command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_precision.py", *sys.argv[1:]])
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip() or "unknown"
-        section = (f"\n## {datetime.date.today().isoformat()} — precision presets on {args.mesh}, default model and batch\n\n"
+        batch = f"batch {args.batch}" if args.batch else "default batch (32)"
+        section = (f"\n## {datetime.date.today().isoformat()} — precision presets on {args.mesh}, default model, {batch} × seq 128\n\n"
                    f"- machine: {machine()}; {load}\n- command: `{command}` at commit {commit}\n"
                    f"- {args.steps} steps per run, first {args.warmup} skipped; {args.repeats} runs per "
                    f"configuration, interleaved; medians over runs of each run's median\n\n{table}\n")

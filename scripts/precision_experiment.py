@@ -142,17 +142,24 @@ def run_one(model, corpus, *, preset: str, lr: float, args) -> dict:
 def table(runs: list[dict], lr: float) -> str:
     ref = next((r for r in runs if r["preset"] == "fp32"), None)
     head = ("| preset | bytes/param | train loss (last 20) | eval loss | eval − fp32 | progress vs fp32 "
-            "| unchanged, last update | unchanged, mean after warmup | tokens/s |")
+            "| fp32 reached it at step | unchanged, last update | unchanged, mean after warmup | tokens/s |")
     lines = [f"lr {lr:g}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    ref_ma = moving_average(ref["loss"], TAIL) if ref else []
     for r in runs:
         gap = r["eval_loss"] - ref["eval_loss"] if ref else float("nan")
+        # How far behind: the first step at which fp32's trailing TAIL-step mean loss was as low.
+        # Shown only where the gap is beyond batch-to-batch noise (0.01 nats): on fp32's own flat
+        # tail, windows over different batches differ by that much.
+        caught = next((i + 1 for i, x in enumerate(ref_ma) if x <= r["final_train_loss"]), None)
+        if ref and r["final_train_loss"] - ref["final_train_loss"] < 0.01:
+            caught = None
         # How much of fp32's loss reduction (first step → last-20 mean) this preset achieved.
         progress = ((r["initial_loss"] - r["final_train_loss"]) / (ref["initial_loss"] - ref["final_train_loss"])
                     if ref and ref["initial_loss"] != ref["final_train_loss"] else float("nan"))
         un_last = f"{r['unchanged_last']:.1%}" if "unchanged_last" in r else "—"
         un_mean = f"{r['unchanged_mean_after_warmup']:.1%}" if "unchanged_last" in r else "—"
         lines.append(f"| {r['preset']} | {r['bytes_per_param']} | {r['final_train_loss']:.4f} | {r['eval_loss']:.4f} "
-                     f"| {gap:+.4f} | {progress:.0%} | {un_last} | {un_mean} | {r['median_tokens_per_s']:.0f} |")
+                     f"| {gap:+.4f} | {progress:.0%} | {caught or '—'} | {un_last} | {un_mean} | {r['median_tokens_per_s']:.0f} |")
     return "\n".join(lines)
 
 
