@@ -62,11 +62,12 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 
 
 def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
-    # Statistics in fp32 whatever the activation dtype: the mean of squares underflows in bf16.
-    # The output keeps the activation dtype (the fp32 scale is cast down, not the output up).
+    # Statistics and the scale multiply in fp32 whatever the activation dtype: the mean of squares
+    # underflows in bf16, and the scale's gradient (a sum over every token) must not be summed in
+    # bf16. Only the output is rounded, to the activation dtype.
     x32 = x_BxTxD.astype(jnp.float32)
     inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (x32 * inv).astype(x_BxTxD.dtype) * scale_D.astype(x_BxTxD.dtype)
+    return (x32 * inv * scale_D.astype(jnp.float32)).astype(x_BxTxD.dtype)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
