@@ -214,7 +214,7 @@ def cmd_parity(args) -> int:
     from rainier_jax.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
                                     validate_all)
     from rainier_jax.model_config import load_model
-    from rainier_jax.precision import check_compatible, get_policy
+    from rainier_jax.precision import check_compatible, get_policy, incompatibility
     from rainier_jax.topology import load_topology
 
     topo = load_topology(args.mesh, lnc=args.lnc)
@@ -249,6 +249,13 @@ def cmd_parity(args) -> int:
             return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
         return run
 
+    if args.matrix:  # layouts the precision cannot run (fp8 with a pipeline) are left out, and said so
+        skipped = [c for c in candidates if incompatibility(run.policy, pp=c.pp, microbatches=run_for(c).microbatches)]
+        candidates = [c for c in candidates if c not in skipped]
+        if skipped:
+            print(f"--matrix: {len(skipped)} pipeline layouts skipped: --precision {run.precision} cannot run them")
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks can run --precision {run.precision}")
     checks = [(c, "--parallel", run_for(c)) for c in candidates]
     checks.append((ref_layout, "--reference", ref_run))
     for layout, flag, layout_run in checks:

@@ -98,11 +98,18 @@ def get_policy(name: str, flag: str = "--precision") -> Policy:
         raise ConfigError(f"{flag} {name}: unknown precision (choose {', '.join(PRESETS)})") from None
 
 
-def check_compatible(policy: Policy, *, pp: int, microbatches: int, flag: str = "--precision") -> None:
-    """Refuse combinations a policy cannot honour, naming the option and the fix."""
+def incompatibility(policy: Policy, *, pp: int, microbatches: int, flag: str = "--precision") -> str | None:
+    """Why `policy` cannot run with these options (naming the option and the fix), or None."""
     if policy.fp8 and (pp > 1 or microbatches > 1):
         # Delayed scaling records one amax per tensor per step; with several microbatches the
         # executor would have to combine them by max, which the gradient path (a sum) cannot do.
         what = f"pp={pp}" if pp > 1 else f"--microbatches {microbatches}"
-        raise ConfigError(f"{flag} fp8 with {what}: fp8 delayed scaling needs one forward and backward "
-                          "per step; use pp=1 and --microbatches 1, or --precision bf16-mixed")
+        return (f"{flag} fp8 with {what}: fp8 delayed scaling needs one forward and backward per step; "
+                "use pp=1 and --microbatches 1, or --precision bf16-mixed")
+    return None
+
+
+def check_compatible(policy: Policy, *, pp: int, microbatches: int, flag: str = "--precision") -> None:
+    reason = incompatibility(policy, pp=pp, microbatches=microbatches, flag=flag)
+    if reason:
+        raise ConfigError(reason)

@@ -78,24 +78,6 @@ def mesh_on_ranks(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
     return build_mesh(layout, devices[:1] if placement is None else devices[placement])
 
 
-# The weights that go through `Compute.linear`, each with fp8 metadata under the fp8 policy.
-LINEAR_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-
-
-def fp8_meta_init(model: ModelConfig, policy: Policy) -> dict:
-    hist = (numerics.FP8_ROWS, policy.amax_history)
-    return {"layers": {w: jnp.zeros((model.n_layers, *hist), jnp.float32) for w in LINEAR_WEIGHTS},
-            "head": jnp.zeros(hist, jnp.float32)}
-
-
-def with_fp8(params: dict, meta: dict | None) -> dict:
-    """The parameters as the model reads them: fp8 metadata next to the weights it scales (the
-    layer stack's slices then travel through the scan together)."""
-    if meta is None:
-        return params
-    return {**params, "layers": {**params["layers"], "fp8": meta["layers"]}, "fp8": {"head": meta["head"]}}
-
-
 @dataclasses.dataclass
 class Program:
     """Everything compiled for one (model, layout, mesh, run)."""
@@ -133,7 +115,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
         if policy.loss_scaling:
             out.update(numerics.loss_scale_init(policy))
         if policy.fp8:
-            out["fp8"] = fp8_meta_init(model, policy)
+            out["fp8"] = numerics.fp8_meta_init(model.n_layers, policy)
         return out
 
     def state_from(params32):
@@ -166,7 +148,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     else:
         def scaled_loss_and_grads(params, meta, batch, scale):
             def scaled(p, m):
-                loss = loss_fn(with_fp8(p, m), batch, model, constrain, compute)
+                loss = loss_fn(numerics.with_fp8(p, m), batch, model, constrain, compute)
                 return loss * scale, loss
             (_, loss), (grads, new_meta) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, meta)
             return loss, grads, new_meta
@@ -207,7 +189,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
         return TrainState(params, opt_state, state.step + 1, prec), metrics
 
     def eval_fn(state: TrainState, batches):
-        params = with_fp8(state.params, state.precision.get("fp8"))
+        params = numerics.with_fp8(state.params, state.precision.get("fp8"))
         return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain, compute), batches))
 
     def grads_fn(state: TrainState, batch):

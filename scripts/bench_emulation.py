@@ -84,6 +84,22 @@ def machine() -> str:
             f"python {platform.python_version()}, jax {version('jax')}, jaxlib {version('jaxlib')}")
 
 
+def append_section(title: str, args, load: str, table: str) -> None:
+    """Append a dated section — machine, exact command, commit, method, table — to docs/BENCHMARKS.md."""
+    command = "PYTHONPATH=. python " + shlex.join([f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    section = (f"\n## {datetime.date.today().isoformat()} — {title}\n\n"
+               f"- machine: {machine()}; {load}\n- command: `{command}` at commit {commit}\n"
+               f"- {args.steps} steps per run, first {args.warmup} skipped; {args.repeats} runs per "
+               f"configuration, interleaved; medians over runs of each run's median\n\n{table}\n")
+    out = ROOT / "docs" / "BENCHMARKS.md"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(section)
+    print(f"appended to {out.relative_to(ROOT)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mesh", default="trn2-mini-8", help="the multi-rank mesh [trn2-mini-8]")
@@ -128,18 +144,7 @@ def main() -> int:
     print(table)
 
     if args.write:
-        command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_emulation.py", *sys.argv[1:]])
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-        section = (f"\n## {datetime.date.today().isoformat()} — {args.mesh}, default model and batch\n\n"
-                   f"- machine: {machine()}; {load}\n- command: `{command}` at commit {commit}\n"
-                   f"- {args.steps} steps per run, first {args.warmup} skipped; {args.repeats} runs per "
-                   f"configuration, interleaved; medians over runs of each run's median\n\n{table}\n")
-        out = ROOT / "docs" / "BENCHMARKS.md"
-        out.parent.mkdir(exist_ok=True)
-        with open(out, "a", encoding="utf-8") as f:
-            f.write(section)
-        print(f"appended to {out.relative_to(ROOT)}")
+        append_section(f"{args.mesh}, default model and batch", args, load, table)
     return 0
 
 

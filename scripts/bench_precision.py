@@ -11,11 +11,8 @@ the table shows the median over runs and the ratio to fp32 measured in the same 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_emulation import machine, run_once  # noqa: E402
+from bench_emulation import append_section, run_once  # noqa: E402
 from rainier_jax.precision import PRESETS  # noqa: E402  (no JAX import)
 
 TARGET = {"bf16-mixed": 1.3}
@@ -73,17 +70,8 @@ def main() -> int:
     print(table)
 
     if args.write:
-        command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_precision.py", *sys.argv[1:]])
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
         batch = f"batch {args.batch}" if args.batch else "default batch (32)"
-        section = (f"\n## {datetime.date.today().isoformat()} — precision presets on {args.mesh}, default model, {batch} × seq 128\n\n"
-                   f"- machine: {machine()}; {load}\n- command: `{command}` at commit {commit}\n"
-                   f"- {args.steps} steps per run, first {args.warmup} skipped; {args.repeats} runs per "
-                   f"configuration, interleaved; medians over runs of each run's median\n\n{table}\n")
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write(section)
-        print("appended to docs/BENCHMARKS.md")
+        append_section(f"precision presets on {args.mesh}, default model, {batch} × seq 128", args, load, table)
     return 0
 
 
