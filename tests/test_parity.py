@@ -163,7 +163,7 @@ def test_cli_exits_1_naming_the_first_violation(tmp_path):
     (["--parallel", "dp=8", "--steps", "0"], "--steps 0"),
     (["--parallel", "dp=8", "--matrix"], "exactly one"),
     (["--parallel", "dp=8", "--tolerance", "0"], "--tolerance"),
-    (["--parallel", "dp=8", "--precision", "bf16"], "--precision"),
+    (["--parallel", "dp=8", "--precision", "bf17"], "--precision bf17: unknown precision"),
     (["--parallel", "dp=8", "--reference", "dp=8", "--batch", "4"], "--batch 4"),
     (["--parallel", "tp=8", "--reference", "dp=8", "--batch", "12"], "--reference dp=8"),
 ])
