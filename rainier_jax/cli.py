@@ -13,10 +13,11 @@ import sys
 import time
 
 from rainier_jax.config import ConfigError, builtin_names
+from rainier_jax.precision import PRESETS  # no JAX import
 
 DEFAULT_MESH = "trn2-mini-8"
 DEFAULT_MODEL = "tiny"
-PRESET_HELP = "fp32, bf16-mixed, bf16, bf16-sr, fp16-mixed or fp8 (docs/PRECISION.md)"
+PRESET_HELP = f"{', '.join(PRESETS)} (docs/PRECISION.md)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -267,13 +268,11 @@ def cmd_parity(args) -> int:
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
 
     _start_jax(topo.num_ranks)
-    import numpy as np
 
-    from rainier_jax.parity import Bound, run_parity
+    from rainier_jax.parity import EPS32, Bound, run_parity
     from rainier_jax.parity_report import MATRIX_HEADER, format_result, matrix_row, write_report
     from rainier_jax.train import build_program, mesh_on_ranks
 
-    eps = float(np.finfo(np.float32).eps)
     precisions = f"{run.precision} vs {ref_run.precision}"
     ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None),
                              ref_run)
@@ -290,7 +289,7 @@ def cmd_parity(args) -> int:
     for layout in candidates:
         cand_run = run_for(layout)
         same = reference is not None and layout == reference and ref_run == cand_run
-        bound = (Bound("override", eps, override=args.tolerance) if args.tolerance is not None
+        bound = (Bound("override", EPS32, override=args.tolerance) if args.tolerance is not None
                  else Bound.for_precisions(ref_run.policy, cand_run.policy, n_layers=model.n_layers, identical=same))
         prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), cand_run)
         name = str(layout) + (f" {cand_run.schedule} M={cand_run.microbatches}"

@@ -24,7 +24,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
-from rainier_jax.precision import Policy
+from rainier_jax.precision import PRESETS, Policy
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 E4M3 = jnp.float8_e4m3     # IEEE-style e4m3: max 240, has ±inf (Trainium2's; see precision.py)
@@ -310,4 +310,4 @@ def next_loss_scale(state: dict, finite, policy: Policy) -> dict:
             "skipped": (state["skipped"] + (~finite).astype(jnp.int32)).astype(jnp.int32)}
 
 
-FP32 = Compute(Policy("fp32", "everything fp32", "float32", "float32"))
+FP32 = Compute(PRESETS["fp32"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rainier_jax.precision import PRESETS, Policy
+from rainier_jax.precision import PRESETS, Policy, get_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +43,7 @@ class RunConfig:
         for flag, ok, want in checks:
             if not ok:
                 raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
-        if self.precision not in PRESETS:
-            raise ValueError(f"--precision {self.precision}: unknown precision (choose {', '.join(PRESETS)})")
+        get_policy(self.precision)  # an unknown preset: ConfigError naming --precision
 
     @property
     def policy(self) -> Policy:
