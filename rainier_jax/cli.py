@@ -53,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_mesh_list)
 
     tr = sub.add_parser("train", help="train a model on an emulated mesh")
-    tr.add_argument("--mesh", default=DEFAULT_MESH, help=f"mesh name or path [{DEFAULT_MESH}]")
+    tr.add_argument("--mesh", default=None, help=f"mesh name or path [{DEFAULT_MESH}]")
     _add_mesh_flags(tr)
-    tr.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path [{DEFAULT_MODEL}]")
+    tr.add_argument("--model", default=None, help=f"model name or path [{DEFAULT_MODEL}]")
     tr.add_argument("--parallel", default=None,
                     help="layout dp=..,fsdp=..,tp=.. (omitted axes are 1; product = mesh ranks) [dp = all ranks]")
-    tr.add_argument("--steps", type=int, default=None, help="optimizer steps [100]")
+    tr.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps of the whole run (a resumed run continues up to it) [100]")
     tr.add_argument("--batch", type=int, default=None, help="global sequences per step [32]")
     tr.add_argument("--seq", type=int, default=None, help="sequence length [128]")
     tr.add_argument("--seed", type=int, default=None, help="seed for parameters and batches [0]")
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
     tr.add_argument("--precision", default=None, help=f"precision preset: {PRESET_HELP} [fp32]")
     _add_pipeline_flags(tr)
+    ck = tr.add_argument_group("checkpoints (docs/CHECKPOINTS.md)")
+    ck.add_argument("--checkpoint-dir", default=None,
+                    help="save orbax checkpoints here (asynchronously), always at the last step run")
+    ck.add_argument("--checkpoint-every", type=int, default=None, help="also save every K steps")
+    ck.add_argument("--keep", type=int, default=None, help="newest checkpoints kept [3]")
+    ck.add_argument("--resume", action="store_true",
+                    help="continue from the newest intact checkpoint in --checkpoint-dir; flags not given "
+                         "keep their saved values")
     tr.set_defaults(func=cmd_train)
 
     pa = sub.add_parser("parity", help="check that a layout computes what a reference computes")
@@ -132,15 +141,61 @@ def cmd_mesh_show(args) -> int:
     return 0
 
 
-def _run_config(args):
+RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
+             "precision")
+
+
+def _given(args, names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _run_config(args, base: dict | None = None):
+    """RunConfig from the flags given, over `base` (a resumed run's saved settings) or the defaults."""
     from rainier_jax.run_config import RunConfig
-    given = {k: getattr(args, k, None) for k in ("steps", "batch", "seq", "seed", "lr", "eval_every",
-                                                 "microbatches", "schedule", "virtual_stages", "precision")}
-    given = {k: v for k, v in given.items() if v is not None}
     try:
-        return RunConfig(**given)
+        return RunConfig(**{**(base or {}), **_given(args, RUN_FLAGS)})
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _checkpoint_plan(args):
+    """Validate the checkpoint flags; with --resume, pick the checkpoint and adopt its settings
+    (into `args`). Returns (directory or None, Found or None)."""
+    from pathlib import Path
+
+    from rainier_jax import resume
+
+    if args.checkpoint_dir is None:
+        for name in ("checkpoint_every", "keep"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"{resume.flag(name)} needs --checkpoint-dir DIR (where to save)")
+        if args.resume:
+            raise ConfigError("--resume needs --checkpoint-dir DIR (the run to continue)")
+        return None, None
+    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
+        raise ConfigError(f"--checkpoint-every {args.checkpoint_every}: must be a positive number of steps "
+                          "(leave it out to save only at the end and when stopped)")
+    if args.keep is not None and args.keep <= 0:
+        raise ConfigError(f"--keep {args.keep}: must keep at least 1 checkpoint")
+    directory = Path(args.checkpoint_dir)
+    if not args.resume:
+        if resume.steps_on_disk(directory):
+            raise ConfigError(f"--checkpoint-dir {directory} already holds checkpoints (steps "
+                              f"{', '.join(map(str, resume.steps_on_disk(directory)))}); pass --resume to "
+                              "continue that run, or give an empty directory")
+        return _writable_dir(args.checkpoint_dir, "--checkpoint-dir"), None
+    found = resume.newest_intact(directory)
+    where = str(found.path)
+    if "mesh" in _given(args, ["mesh"]):
+        args.mesh = resume.absolute_if_path(args.mesh)
+    flags, notes = resume.merge(found.meta, _given(args, RUN_FLAGS + ("mesh", "lnc", "parallel", "data")),
+                                where=where)
+    for name in ("mesh", "lnc", "parallel", "data"):
+        setattr(args, name, flags[name])
+    args.resumed_run = {k: v for k, v in flags.items() if k in found.meta["run"]}
+    args.resume_notes = notes
+    _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    return directory, found
 
 
 def cmd_train(args) -> int:
@@ -149,27 +204,52 @@ def cmd_train(args) -> int:
     from rainier_jax.precision import check_compatible
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
-    from rainier_jax.model_config import load_model
+    from rainier_jax.model_config import ModelConfig, load_model
 
-    # Everything the user gave is checked before JAX starts.
-    topo = load_topology(args.mesh, lnc=args.lnc)
-    model = load_model(args.model)
+    # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
+    ckpt_dir, found = _checkpoint_plan(args)
+    topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
+    if found is not None and args.model is None:
+        model = ModelConfig(**found.meta["model"])
+    else:
+        model = load_model(args.model or DEFAULT_MODEL)
     layout = parse_layout(args.parallel, topo.num_ranks)
-    run = _run_config(args)
+    run = _run_config(args, base=getattr(args, "resumed_run", None))
     validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
                  virtual_stages=run.virtual_stages)
     check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
     placement = place(layout, topo)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
-    metrics = MetricsLog(args.metrics, first_step=1) if args.metrics else None
+    start = 0
+    if found is not None:
+        from rainier_jax import resume
+        resume.check_model(found.meta, dataclasses.asdict(model), args.model, str(found.path))
+        resume.check_corpus(found.meta, args.data, corpus.source, corpus.sha256, str(found.path))
+        start = found.step
+        if start >= run.steps:
+            print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
+                  f"(give --steps above {start} to extend it)")
+            return 0
+    metrics = MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None) if args.metrics else None
 
     for w in layout_warnings(layout, topo, placement):
         print(w, file=sys.stderr)
+    saver = None
+    if ckpt_dir is not None:
+        from rainier_jax import resume
+        saver = dict(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
+                     notes=getattr(args, "resume_notes", []),
+                     record=resume.run_record(
+                         mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
+                         layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
+                         model=dataclasses.asdict(model), run=dataclasses.asdict(run),
+                         data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
+                         corpus_sha256=corpus.sha256))
     _start_jax(topo.num_ranks)
-    return _run_training(topo, model, layout, placement, run, corpus, metrics)
+    return _run_training(topo, model, layout, placement, run, corpus, metrics, saver)
 
 
-def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
+def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=None) -> int:
     from rainier_jax.layout import axis_links, describe_links
     from rainier_jax.report import Progress, summary
     from rainier_jax.train import build_program, mesh_on_ranks, train
@@ -188,26 +268,115 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics) -> int:
               + (f", {run.virtual_stages} virtual stages" if run.virtual_stages > 1 else "")
               + f"; bubble {pipe.bubble():.3f}; peak in-flight per stage {pipe.peak_in_flight()}")
     print(corpus.describe(), flush=True)
+    if metrics is not None and metrics.dropped:
+        print(f"--metrics {metrics.path}: dropped {metrics.dropped} records after the checkpoint's step "
+              "(those steps run again)")
 
     t0 = time.perf_counter()
-    program = build_program(model, layout, mesh, run)
-    print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
-    progress = Progress(run.steps, first_step=0)
-
-    def on_step(rec):
-        progress.update(rec)
-        if metrics is not None:
-            metrics.write(rec)
-
+    session = _CheckpointSession(saver) if saver is not None else None
     try:
-        train(program, corpus, on_step=on_step)
+        program = build_program(model, layout, mesh, run)
+        print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
+        state = session.restore(program) if session is not None else None
+        start = 0 if state is None else int(state.step)
+        progress = Progress(run.steps - start, first_step=start)
+
+        def on_step(rec):
+            progress.update(rec)
+            if metrics is not None:
+                metrics.write(rec)
+
+        try:
+            state = train(program, corpus, on_step=on_step, state=state,
+                          save=session.save if session is not None else None,
+                          save_every=session.every if session is not None else 0,
+                          should_stop=session.stop.is_set if session is not None else None)
+        finally:
+            progress.close()
+            if metrics is not None:
+                metrics.close()
+        if session is not None:
+            session.finish()
     finally:
-        progress.close()
-        if metrics is not None:
-            metrics.close()
+        if session is not None:
+            session.close()
     print(summary(progress.records, compile_seconds=program.compile_seconds,
                   wall_seconds=time.perf_counter() - t0))
+    if session is not None:
+        print(session.describe(int(state.step)))
     return 0
+
+
+class _CheckpointSession:
+    """The CLI's side of checkpointing: restore, save with the run record, and SIGTERM/Ctrl-C →
+    stop after the current step, save it, exit 0 (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self, saver: dict):
+        import signal
+        import threading
+
+        from rainier_jax.checkpoint import Checkpointer
+
+        self.directory, self.every, self.found = saver["directory"], saver["every"], saver["found"]
+        self.record = saver["record"]
+        self.stop = threading.Event()
+        self.signal_name = None
+        self._signal = signal
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self.found is not None:
+            from rainier_jax import resume
+            for path, why in self.found.rejected:
+                aside = resume.set_aside(path)
+                print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)
+            for note in saver["notes"]:
+                print(note)
+        self.checkpointer = Checkpointer(self.directory, keep=saver["keep"])
+
+    def _on_signal(self, signum, frame):
+        if self.stop.is_set() and signum == self._signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = self._signal.Signals(signum).name
+        self.stop.set()
+        print(f"rainier: {self.signal_name}: stopping after the current step to save it "
+              "(Ctrl-C again to abandon)", file=sys.stderr, flush=True)
+
+    def restore(self, program):
+        if self.found is None:
+            return None
+        from rainier_jax.checkpoint import restore
+        t0 = time.perf_counter()
+        state = restore(self.found.path, program.abstract_state)
+        print(f"resumed from {self.found.path} (step {self.found.step}, saved as {self.found.meta['parallel']} "
+              f"on {self.found.meta['mesh']}) in {time.perf_counter() - t0:.1f} s", flush=True)
+        return state
+
+    def save(self, step, state):
+        from rainier_jax.resume import step_record
+        self.checkpointer.save(step, state, step_record(self.record, step))
+
+    def finish(self):
+        self.checkpointer.wait()
+
+    def close(self):
+        for s, h in self._previous.items():
+            self._signal.signal(s, h)
+        self.checkpointer.close()
+
+    def describe(self, step: int) -> str:
+        import statistics
+        c = self.checkpointer
+        if not c.saved:
+            line = (f"checkpoints: none saved by this run; newest is step {step} in {self.directory}" if step
+                    else "checkpoints: none saved (no step completed)")
+        else:
+            line = (f"checkpoints: saved step{'s' * (len(c.saved) > 1)} {', '.join(map(str, c.saved))} in "
+                    f"{self.directory} (async; the loop waited a median {statistics.median(c.blocked_seconds) * 1e3:.0f} ms "
+                    "per save)")
+        if self.signal_name:
+            line += (f"\nrainier: stopped by {self.signal_name} after step {step}; "
+                     + (f"saved {self.directory / str(step)}" if c.saved and c.saved[-1] == step
+                        else f"newest checkpoint {self.directory / str(step)}" if step else "nothing to save"))
+        return line
 
 
 def cmd_parity(args) -> int:
@@ -337,18 +506,18 @@ def cmd_schedule(args) -> int:
     return 0
 
 
-def _writable_dir(path: str):
+def _writable_dir(path: str, flag: str = "--report"):
     from pathlib import Path
     d = Path(path)
     if d.exists() and not d.is_dir():
-        raise ConfigError(f"--report {path}: exists and is not a directory; give a directory path")
+        raise ConfigError(f"{flag} {path}: exists and is not a directory; give a directory path")
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".rainier-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"--report {path}: cannot write there ({e.strerror}); give a writable directory") from None
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror}); give a writable directory") from None
     return d
 
 

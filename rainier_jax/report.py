@@ -38,11 +38,17 @@ class MetricsLog:
 
     The file is checked when the run starts (before anything compiles), so an unwritable path or a
     clash with existing steps is a clean error rather than a crash after minutes of training.
+    A resumed run (`resuming`) first drops the records after its checkpoint: those steps were lost
+    with the process that ran them and run again, so the file ends up describing one run.
     """
 
-    def __init__(self, path: str, first_step: int):
+    def __init__(self, path: str, first_step: int, resuming: bool = False):
         self.path = Path(path)
+        self.dropped = 0
         last = self._last_step()
+        if resuming and last is not None and last >= first_step:
+            self._drop_from(first_step)
+            last = self._last_step()
         if last is not None and last >= first_step:
             raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
                               f"would write step {first_step} again; pass a new path or move the file away")
@@ -69,6 +75,18 @@ class MetricsLog:
                     raise ConfigError(f"--metrics {self.path}: line {n} is not a metrics record "
                                       "(not written by rainier?); pass a new path") from None
         return last
+
+    def _drop_from(self, step: int) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = [ln for ln in lines if not ln.strip() or json.loads(ln)["step"] < step]
+        self.dropped = sum(1 for ln in lines if ln.strip()) - sum(1 for ln in keep if ln.strip())
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text("".join(keep), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise ConfigError(f"--metrics {self.path}: cannot rewrite it to drop the steps after the checkpoint "
+                              f"({e.strerror}); give a writable path") from None
 
     def write(self, rec: StepRecord) -> None:
         self._f.write(json.dumps(rec.as_json()) + "\n")

@@ -87,6 +87,7 @@ class Program:
     run: RunConfig
     policy: Policy
     state_shardings: TrainState
+    abstract_state: TrainState  # shapes, dtypes and shardings of the state (a restore target)
     batch_sharding: NamedSharding
     init: Callable[[], TrainState]
     init_from: Callable   # jitted: fp32 params (any sharding) → a fresh state holding them
@@ -211,16 +212,20 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
                         ).lower(state_abs, evals_abs).compile()
     compile_seconds = time.perf_counter() - t0
     grads = jax.jit(grads_fn, in_shardings=(state_sh, batch_sh), out_shardings=(repl, param_sh))
-    return Program(mesh, layout, model, run, policy, state_sh, batch_sh, lambda: init_jit(key), from_jit,
+    return Program(mesh, layout, model, run, policy, state_sh, state_abs, batch_sh, lambda: init_jit(key), from_jit,
                    step, eval_loss, grads, compile_seconds)
 
 
 def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepRecord], None],
-          state: TrainState | None = None) -> TrainState:
-    """Run `program.run.steps` updates from `state` (fresh when None), calling `on_step` per step."""
+          state: TrainState | None = None, save: Callable[[int, TrainState], None] | None = None,
+          save_every: int = 0, should_stop: Callable[[], bool] | None = None) -> TrainState:
+    """Run updates from `state` (fresh when None) until `program.run.steps` updates are complete,
+    calling `on_step` per step. With `save`, the state of every `save_every`-th step and of the
+    last step run is passed to it before the next step can donate it. `should_stop` is asked
+    before each step; when it says yes the loop ends there (and the last state is saved)."""
     run = program.run
     state = program.init() if state is None else state
-    first = int(state.step)  # completed updates so far
+    first = int(state.step)  # completed updates so far: also the next batch's index
     tokens = run.batch * run.seq
     eval_every = run.eval_every
     evals = jax.device_put(
@@ -234,6 +239,7 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
 
     pending = None  # (step number, device metrics) of the step dispatched last
     last_done = time.perf_counter()
+    saved = first   # a resumed run's starting state is already on disk
 
     def finish(step_no, metrics, eval_now):
         nonlocal last_done
@@ -249,8 +255,19 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
         last_done = now
         on_step(rec)
 
-    end = first + run.steps
+    def checkpoint(step_no):
+        nonlocal saved, last_done
+        if save is not None and step_no > saved:
+            jax.block_until_ready(state)
+            t0 = time.perf_counter()
+            save(step_no, state)
+            last_done += time.perf_counter() - t0  # a save's blocking time is reported by the saver
+            saved = step_no
+
+    end = run.steps
     for t in range(first, end):
+        if should_stop is not None and should_stop():
+            break
         step_no = t + 1
         state, metrics = program.step(state, host_batch(t))
         if pending is not None:
@@ -260,4 +277,9 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
         if eval_now:  # evaluate these parameters before the next step donates them
             finish(*pending, eval_now=True)
             pending = None
+        if save_every > 0 and step_no % save_every == 0:
+            checkpoint(step_no)
+    if pending is not None:  # stopped early: report the last step run
+        finish(*pending, eval_now=False)
+    checkpoint(int(state.step))
     return state
