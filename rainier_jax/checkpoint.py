@@ -28,9 +28,14 @@ from rainier_jax import manifest
 from rainier_jax.resume import STATE_ITEM
 from rainier_jax.train import TrainState
 
-# Fault injection for the crash test: seconds to hold a save in flight (temporary directory on
-# disk, not yet committed) before it is sealed. Never set in normal use.
+# Fault injection for the crash and signal tests: "STEP:SECONDS" holds the save of that step in
+# flight (its temporary directory on disk, not committed) for that long. Never set in normal use.
 SEAL_DELAY_ENV = "RAINIER_TEST_SEAL_DELAY"
+
+
+def _seal_delay(step: int) -> float:
+    at, _, seconds = os.environ.get(SEAL_DELAY_ENV, "").partition(":")
+    return float(seconds) if at.strip() == str(step) else 0.0
 
 # orbax logs every save and restore at INFO/WARNING through absl; a training run shows its own
 # one-line summary instead.
@@ -76,9 +81,7 @@ class Checkpointer:
     def _seal(self) -> None:
         """orbax's post-finalization callback: runs after the items are written, before the rename."""
         step = self._sealing
-        delay = float(os.environ.get(SEAL_DELAY_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
+        time.sleep(_seal_delay(step))
         t0 = time.perf_counter()
         manifest.write(self._pending_dir(step))
         self.seal_seconds.append(time.perf_counter() - t0)

@@ -143,6 +143,8 @@ def cmd_mesh_show(args) -> int:
 
 RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
              "precision")
+# Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.
+PLACE_FLAGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
 
 
 def _given(args, names) -> dict:
@@ -188,9 +190,8 @@ def _checkpoint_plan(args):
     where = str(found.path)
     if "mesh" in _given(args, ["mesh"]):
         args.mesh = resume.absolute_if_path(args.mesh)
-    flags, notes = resume.merge(found.meta, _given(args, RUN_FLAGS + ("mesh", "lnc", "parallel", "data")),
-                                where=where)
-    for name in ("mesh", "lnc", "parallel", "data"):
+    flags, notes = resume.merge(found.meta, _given(args, RUN_FLAGS + PLACE_FLAGS), where=where)
+    for name in PLACE_FLAGS:
         setattr(args, name, flags[name])
     args.resumed_run = {k: v for k, v in flags.items() if k in found.meta["run"]}
     args.resume_notes = notes
@@ -244,7 +245,8 @@ def cmd_train(args) -> int:
                          layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
                          model=dataclasses.asdict(model), run=dataclasses.asdict(run),
                          data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
-                         corpus_sha256=corpus.sha256))
+                         corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
+                         keep=args.keep or 3))
     _start_jax(topo.num_ranks)
     return _run_training(topo, model, layout, placement, run, corpus, metrics, saver)
 

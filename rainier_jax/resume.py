@@ -36,7 +36,7 @@ def flag(name: str) -> str:
 
 
 def run_record(*, mesh: str, lnc: int, layout: str, model: dict, run: dict, data_arg: str | None,
-               corpus_source: str, corpus_sha256: str) -> dict:
+               corpus_source: str, corpus_sha256: str, checkpoint_every: int = 0, keep: int = 3) -> dict:
     """Everything but the step: the settings a resumed run starts from (see CHECKPOINTS.md)."""
     return {
         "format": FORMAT,
@@ -44,6 +44,7 @@ def run_record(*, mesh: str, lnc: int, layout: str, model: dict, run: dict, data
         "model": model,
         "run": run,
         "data": {"arg": data_arg, "source": corpus_source, "sha256": corpus_sha256},
+        "checkpoint": {"every": checkpoint_every, "keep": keep},
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
 
@@ -156,6 +157,8 @@ def merge(meta: dict, given: dict[str, Any], *, where: str) -> tuple[dict[str, A
     # A saved layout only applies on the mesh it was saved on; elsewhere the default (dp = all).
     flags["parallel"] = given.get("parallel", meta["parallel"] if same_mesh else None)
     flags["data"] = given.get("data", meta["data"]["arg"])
+    flags["checkpoint_every"] = given.get("checkpoint_every", meta["checkpoint"]["every"] or None)
+    flags["keep"] = given.get("keep", meta["checkpoint"]["keep"])
     return flags, notes
 
 
