@@ -323,8 +323,6 @@ class _CheckpointSession:
         self.record = saver["record"]
         self.stop = threading.Event()
         self.signal_name = None
-        self._signal = signal
-        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         if self.found is not None:
             from rainier_jax import resume
             for path, why in self.found.rejected:
@@ -333,6 +331,8 @@ class _CheckpointSession:
             for note in saver["notes"]:
                 print(note)
         self.checkpointer = Checkpointer(self.directory, keep=saver["keep"])
+        self._signal = signal
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _on_signal(self, signum, frame):
         if self.stop.is_set() and signum == self._signal.SIGINT:
@@ -347,7 +347,12 @@ class _CheckpointSession:
             return None
         from rainier_jax.checkpoint import restore
         t0 = time.perf_counter()
-        state = restore(self.found.path, program.abstract_state)
+        try:
+            state = restore(self.found.path, program.abstract_state)
+        except Exception as e:  # noqa: BLE001 — the manifest matched, so this is not damage we can route around
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"--resume: {self.found.path} passed its manifest check but orbax cannot restore it "
+                              f"({type(e).__name__}: {first}); move it aside to resume from an older one") from None
         print(f"resumed from {self.found.path} (step {self.found.step}, saved as {self.found.meta['parallel']} "
               f"on {self.found.meta['mesh']}) in {time.perf_counter() - t0:.1f} s", flush=True)
         return state
