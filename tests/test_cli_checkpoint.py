@@ -20,6 +20,7 @@ import pytest
 from cli_runner import ROOT, rainier
 from rainier_jax import manifest, resume
 from rainier_jax.checkpoint import SEAL_DELAY_ENV
+from rainier_jax.parity import FREE_LOSS_RTOL
 
 TRAIN = ("train", "--steps", "12", "--batch", "16", "--seq", "64", "--eval-every", "0")
 EVERY = 4
@@ -66,17 +67,18 @@ def test_checkpointing_does_not_change_the_run(reference, tmp_path):
                      (reference / "out.txt").read_text())
 
 
-def test_sigterm_saves_and_resume_is_bitwise(reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_saves_and_resume_is_bitwise(reference, tmp_path, sig):
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
     # Hold the step-4 save in flight for 3 s: the step-8 save must wait for it, so the signal
     # arrives while a save is in flight and the loop is blocked.
     proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY), "--metrics", str(metrics),
                  env_extra={SEAL_DELAY_ENV: "4:3"})
     wait_for(lambda: any(ckpt.glob("4.orbax-checkpoint-tmp*")), proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    stopped = re.search(r"stopped by SIGTERM after step (\d+); saved (\S+)", out)
+    stopped = re.search(rf"stopped by {sig.name} after step (\d+); saved (\S+)", out)
     assert stopped, out
     step = int(stopped.group(1))
     assert 4 <= step < 12 and Path(stopped.group(2)) == ckpt / str(step)
@@ -151,6 +153,20 @@ def test_resume_on_another_layout_and_extended(reference, tmp_path):
     found = resume.newest_intact(ckpt)
     assert found.step == 14 and found.meta["run"]["steps"] == 14 and found.meta["run"]["lr"] == 1e-3
     assert found.meta["parallel"] == "pp=2,dp=2,fsdp=1,tp=2"
+
+
+def test_resume_on_another_mesh(reference, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference / "ckpt", ckpt)
+    shutil.rmtree(ckpt / "12")   # continue from step 8: the last 4 steps are compared
+    r = rainier("train", "--checkpoint-dir", str(ckpt), "--resume", "--mesh", "trn2-mini-16",
+                "--parallel", "dp=4,tp=4", "--metrics", str(tmp_path / "m.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert "mesh trn2-mini-16: 16 ranks; layout dp=4,tp=4" in r.stdout
+    ref, got = losses(reference / "m.jsonl"), losses(tmp_path / "m.jsonl")
+    assert sorted(got) == [9, 10, 11, 12]
+    for step in got:   # another layout: the parity harness's free-running bound
+        assert abs(got[step] - ref[step]) <= FREE_LOSS_RTOL * abs(ref[step])
 
 
 @pytest.mark.parametrize("flag,value,saved", [
