@@ -238,15 +238,16 @@ def cmd_train(args) -> int:
     saver = None
     if ckpt_dir is not None:
         from rainier_jax import resume
-        saver = dict(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
-                     notes=getattr(args, "resume_notes", []),
-                     record=resume.run_record(
-                         mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
-                         layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
-                         model=dataclasses.asdict(model), run=dataclasses.asdict(run),
-                         data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
-                         corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
-                         keep=args.keep or 3))
+        from rainier_jax.checkpoint_session import SavePlan
+        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
+                         notes=getattr(args, "resume_notes", []),
+                         record=resume.run_record(
+                             mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
+                             layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
+                             model=dataclasses.asdict(model), run=dataclasses.asdict(run),
+                             data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
+                             corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
+                             keep=args.keep or 3))
     _start_jax(topo.num_ranks)
     return _run_training(topo, model, layout, placement, run, corpus, metrics, saver)
 
@@ -275,7 +276,11 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
               "(those steps run again)")
 
     t0 = time.perf_counter()
-    session = _CheckpointSession(saver) if saver is not None else None
+    if saver is not None:
+        from rainier_jax.checkpoint_session import CheckpointSession
+        session = CheckpointSession(saver)
+    else:
+        session = None
     try:
         program = build_program(model, layout, mesh, run)
         print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
@@ -307,83 +312,6 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     if session is not None:
         print(session.describe(int(state.step)))
     return 0
-
-
-class _CheckpointSession:
-    """The CLI's side of checkpointing: restore, save with the run record, and SIGTERM/Ctrl-C →
-    stop after the current step, save it, exit 0 (a second Ctrl-C interrupts at once)."""
-
-    def __init__(self, saver: dict):
-        import signal
-        import threading
-
-        from rainier_jax.checkpoint import Checkpointer
-
-        self.directory, self.every, self.found = saver["directory"], saver["every"], saver["found"]
-        self.record = saver["record"]
-        self.stop = threading.Event()
-        self.signal_name = None
-        if self.found is not None:
-            from rainier_jax import resume
-            for path, why in self.found.rejected:
-                aside = resume.set_aside(path)
-                print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)
-            for note in saver["notes"]:
-                print(note)
-        self.checkpointer = Checkpointer(self.directory, keep=saver["keep"])
-        self._signal = signal
-        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _on_signal(self, signum, frame):
-        if self.stop.is_set() and signum == self._signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = self._signal.Signals(signum).name
-        self.stop.set()
-        print(f"rainier: {self.signal_name}: stopping after the current step to save it "
-              "(Ctrl-C again to abandon)", file=sys.stderr, flush=True)
-
-    def restore(self, program):
-        if self.found is None:
-            return None
-        from rainier_jax.checkpoint import restore
-        t0 = time.perf_counter()
-        try:
-            state = restore(self.found.path, program.abstract_state)
-        except Exception as e:  # noqa: BLE001 — the manifest matched, so this is not damage we can route around
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ConfigError(f"--resume: {self.found.path} passed its manifest check but orbax cannot restore it "
-                              f"({type(e).__name__}: {first}); move it aside to resume from an older one") from None
-        print(f"resumed from {self.found.path} (step {self.found.step}, saved as {self.found.meta['parallel']} "
-              f"on {self.found.meta['mesh']}) in {time.perf_counter() - t0:.1f} s", flush=True)
-        return state
-
-    def save(self, step, state):
-        from rainier_jax.resume import step_record
-        self.checkpointer.save(step, state, step_record(self.record, step))
-
-    def finish(self):
-        self.checkpointer.wait()
-
-    def close(self):
-        for s, h in self._previous.items():
-            self._signal.signal(s, h)
-        self.checkpointer.close()
-
-    def describe(self, step: int) -> str:
-        import statistics
-        c = self.checkpointer
-        if not c.saved:
-            line = (f"checkpoints: none saved by this run; newest is step {step} in {self.directory}" if step
-                    else "checkpoints: none saved (no step completed)")
-        else:
-            line = (f"checkpoints: saved step{'s' * (len(c.saved) > 1)} {', '.join(map(str, c.saved))} in "
-                    f"{self.directory} (async; the loop waited a median {statistics.median(c.blocked_seconds) * 1e3:.0f} ms "
-                    "per save)")
-        if self.signal_name:
-            line += (f"\nrainier: stopped by {self.signal_name} after step {step}; "
-                     + (f"saved {self.directory / str(step)}" if c.saved and c.saved[-1] == step
-                        else f"newest checkpoint {self.directory / str(step)}" if step else "nothing to save"))
-        return line
 
 
 def cmd_parity(args) -> int:

@@ -1,0 +1,95 @@
+"""The `train` command's side of checkpointing: what to save and where (`SavePlan`), and a
+session that restores, saves with the run record, and turns SIGTERM or Ctrl-C into "finish this
+step, save it, exit 0" (a second Ctrl-C abandons the run at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rainier_jax import resume
+from rainier_jax.checkpoint import Checkpointer, restore
+from rainier_jax.config import ConfigError
+from rainier_jax.resume import step_record
+
+
+@dataclasses.dataclass
+class SavePlan:
+    directory: Path
+    every: int                     # save every K steps (0: only at the end and when stopped)
+    keep: int
+    found: resume.Found | None     # the checkpoint to resume from
+    notes: list[str]               # lines about settings the resumed run changes
+    record: dict                   # resume.run_record of this run
+
+
+class CheckpointSession:
+    """One run's checkpointing, from the restore to the last save; installs the signal handlers
+    for its lifetime (`close` puts the previous ones back)."""
+
+    def __init__(self, plan: SavePlan):
+        self.directory, self.every, self.found, self.record = plan.directory, plan.every, plan.found, plan.record
+        self.stop = threading.Event()
+        self.signal_name = None
+        if self.found is not None:
+            for path, why in self.found.rejected:
+                aside = resume.set_aside(path)
+                print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)
+            for note in plan.notes:
+                print(note)
+        self.checkpointer = Checkpointer(self.directory, keep=plan.keep)
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on_signal(self, signum, frame):
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.stop.set()
+        print(f"rainier: {self.signal_name}: stopping after the current step to save it "
+              "(Ctrl-C again to abandon)", file=sys.stderr, flush=True)
+
+    def restore(self, program):
+        if self.found is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            state = restore(self.found.path, program.abstract_state)
+        except Exception as e:  # noqa: BLE001 — the manifest matched, so this is not damage we can route around
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"--resume: {self.found.path} passed its manifest check but orbax cannot restore it "
+                              f"({type(e).__name__}: {first}); move it aside to resume from an older one") from None
+        print(f"resumed from {self.found.path} (step {self.found.step}, saved as {self.found.meta['parallel']} "
+              f"on {self.found.meta['mesh']}) in {time.perf_counter() - t0:.1f} s", flush=True)
+        return state
+
+    def save(self, step, state):
+        self.checkpointer.save(step, state, step_record(self.record, step))
+
+    def finish(self):
+        self.checkpointer.wait()
+
+    def close(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self.checkpointer.close()
+
+    def describe(self, step: int) -> str:
+        c = self.checkpointer
+        if not c.saved:
+            line = (f"checkpoints: none saved by this run; newest is step {step} in {self.directory}" if step
+                    else "checkpoints: none saved (no step completed)")
+        else:
+            line = (f"checkpoints: saved step{'s' * (len(c.saved) > 1)} {', '.join(map(str, c.saved))} in "
+                    f"{self.directory} (async; the loop waited a median {statistics.median(c.blocked_seconds) * 1e3:.0f} ms "
+                    "per save)")
+        if self.signal_name:
+            line += (f"\nrainier: stopped by {self.signal_name} after step {step}; "
+                     + (f"saved {self.directory / str(step)}" if c.saved and c.saved[-1] == step
+                        else f"newest checkpoint {self.directory / str(step)}" if step else "nothing to save"))
+        return line
