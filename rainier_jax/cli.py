@@ -161,8 +161,9 @@ def _run_config(args, base: dict | None = None):
 
 
 def _checkpoint_plan(args):
-    """Validate the checkpoint flags; with --resume, pick the checkpoint and adopt its settings
-    (into `args`). Returns (directory or None, Found or None)."""
+    """Validate the checkpoint flags; with --resume, pick the checkpoint and adopt its placement
+    and checkpoint settings into `args`. Returns (directory or None, Found or None, notes about
+    settings the resumed run changes)."""
     from pathlib import Path
 
     from rainier_jax import resume
@@ -173,7 +174,7 @@ def _checkpoint_plan(args):
                 raise ConfigError(f"{resume.flag(name)} needs --checkpoint-dir DIR (where to save)")
         if args.resume:
             raise ConfigError("--resume needs --checkpoint-dir DIR (the run to continue)")
-        return None, None
+        return None, None, []
     if args.checkpoint_every is not None and args.checkpoint_every <= 0:
         raise ConfigError(f"--checkpoint-every {args.checkpoint_every}: must be a positive number of steps "
                           "(leave it out to save only at the end and when stopped)")
@@ -181,22 +182,20 @@ def _checkpoint_plan(args):
         raise ConfigError(f"--keep {args.keep}: must keep at least 1 checkpoint")
     directory = Path(args.checkpoint_dir)
     if not args.resume:
-        if resume.steps_on_disk(directory):
+        if steps := resume.steps_on_disk(directory):
             raise ConfigError(f"--checkpoint-dir {directory} already holds checkpoints (steps "
-                              f"{', '.join(map(str, resume.steps_on_disk(directory)))}); pass --resume to "
-                              "continue that run, or give an empty directory")
-        return _writable_dir(args.checkpoint_dir, "--checkpoint-dir"), None
+                              f"{', '.join(map(str, steps))}); pass --resume to continue that run, or give "
+                              "an empty directory")
+        return _writable_dir(args.checkpoint_dir, "--checkpoint-dir"), None, []
     found = resume.newest_intact(directory)
     where = str(found.path)
     if "mesh" in _given(args, ["mesh"]):
         args.mesh = resume.absolute_if_path(args.mesh)
     flags, notes = resume.merge(found.meta, _given(args, RUN_FLAGS + PLACE_FLAGS), where=where)
-    for name in PLACE_FLAGS:
-        setattr(args, name, flags[name])
-    args.resumed_run = {k: v for k, v in flags.items() if k in found.meta["run"]}
-    args.resume_notes = notes
+    for name, value in flags.items():
+        setattr(args, name, value)
     _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-    return directory, found
+    return directory, found, notes
 
 
 def cmd_train(args) -> int:
@@ -208,14 +207,14 @@ def cmd_train(args) -> int:
     from rainier_jax.model_config import ModelConfig, load_model
 
     # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
-    ckpt_dir, found = _checkpoint_plan(args)
+    ckpt_dir, found, notes = _checkpoint_plan(args)
     topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
     if found is not None and args.model is None:
         model = ModelConfig(**found.meta["model"])
     else:
         model = load_model(args.model or DEFAULT_MODEL)
     layout = parse_layout(args.parallel, topo.num_ranks)
-    run = _run_config(args, base=getattr(args, "resumed_run", None))
+    run = _run_config(args, base=found.meta["run"] if found is not None else None)
     validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
                  virtual_stages=run.virtual_stages)
     check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
@@ -240,7 +239,7 @@ def cmd_train(args) -> int:
         from rainier_jax import resume
         from rainier_jax.checkpoint_session import SavePlan
         saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
-                         notes=getattr(args, "resume_notes", []),
+                         notes=notes,
                          record=resume.run_record(
                              mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
                              layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),

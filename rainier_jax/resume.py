@@ -129,8 +129,10 @@ def set_aside(path: Path) -> Path:
 # --- settings -----------------------------------------------------------------------------------
 
 def merge(meta: dict, given: dict[str, Any], *, where: str) -> tuple[dict[str, Any], list[str]]:
-    """The flags of the resumed run: the saved ones, overridden by those the user gave (`given`
-    holds only flags given). Returns (flags, notes); a change to the math is a ConfigError."""
+    """Check the flags the user gave on resume (`given` holds only those) against the saved run.
+    A change to the math is a ConfigError; run settings not given come from `meta["run"]`.
+    Returns the placement and checkpoint flags of the resumed run (saved unless given), and
+    lines about the settings it changes."""
     saved_run = meta["run"]
     notes = []
     for name in MATH_FLAGS:
@@ -150,15 +152,15 @@ def merge(meta: dict, given: dict[str, Any], *, where: str) -> tuple[dict[str, A
         notes.append(f"--lr: {saved_run['lr']:g} → {given['lr']:g} from step {done + 1} on "
                      "(same warmup and cosine shape)")
 
-    flags = {name: given.get(name, saved_run[name]) for name in saved_run}
-    same_mesh = given.get("mesh", meta["mesh"]) == meta["mesh"] and given.get("lnc", meta["lnc"]) == meta["lnc"]
-    flags["mesh"] = given.get("mesh", meta["mesh"])
-    flags["lnc"] = given.get("lnc", meta["lnc"])
-    # A saved layout only applies on the mesh it was saved on; elsewhere the default (dp = all).
-    flags["parallel"] = given.get("parallel", meta["parallel"] if same_mesh else None)
-    flags["data"] = given.get("data", meta["data"]["arg"])
-    flags["checkpoint_every"] = given.get("checkpoint_every", meta["checkpoint"]["every"] or None)
-    flags["keep"] = given.get("keep", meta["checkpoint"]["keep"])
+    mesh, lnc = given.get("mesh", meta["mesh"]), given.get("lnc", meta["lnc"])
+    flags = {
+        "mesh": mesh, "lnc": lnc,
+        # A saved layout only applies on the mesh it was saved on; elsewhere the default (dp = all).
+        "parallel": given.get("parallel", meta["parallel"] if (mesh, lnc) == (meta["mesh"], meta["lnc"]) else None),
+        "data": given.get("data", meta["data"]["arg"]),
+        "checkpoint_every": given.get("checkpoint_every", meta["checkpoint"]["every"] or None),
+        "keep": given.get("keep", meta["checkpoint"]["keep"]),
+    }
     return flags, notes
 
 
