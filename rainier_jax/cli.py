@@ -204,7 +204,7 @@ def cmd_train(args) -> int:
     from rainier_jax.precision import check_compatible
     from rainier_jax.report import MetricsLog
     from rainier_jax.topology import load_topology
-    from rainier_jax.model_config import ModelConfig, load_model
+    from rainier_jax.model_config import ModelConfig, load_model, require_trainable
 
     # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
     ckpt_dir, found, notes = _checkpoint_plan(args)
@@ -213,6 +213,7 @@ def cmd_train(args) -> int:
         model = ModelConfig(**found.meta["model"])
     else:
         model = load_model(args.model or DEFAULT_MODEL)
+    require_trainable(model)
     layout = parse_layout(args.parallel, topo.num_ranks)
     run = _run_config(args, base=found.meta["run"] if found is not None else None)
     validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
@@ -317,12 +318,13 @@ def cmd_parity(args) -> int:
     from rainier_jax import data as data_lib
     from rainier_jax.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
                                     validate_all)
-    from rainier_jax.model_config import load_model
+    from rainier_jax.model_config import load_model, require_trainable
     from rainier_jax.precision import check_compatible, get_policy, incompatibility
     from rainier_jax.topology import load_topology
 
     topo = load_topology(args.mesh, lnc=args.lnc)
     model = load_model(args.model)
+    require_trainable(model)
     run = _run_config(args)
     if args.matrix == (args.parallel is not None):
         raise ConfigError("parity: give either --parallel LAYOUT or --matrix (exactly one)")

@@ -29,18 +29,19 @@ class LayerDots:
     qkv: float
     attention: float    # scores (QKᵀ) and weighted values (PV)
     out: float          # attention output projection
-    gate_up: float
+    mlp_in: float       # gate and up projections (llama), the up projection (gpt2)
     down: float
 
     @property
     def total(self) -> float:
-        return self.qkv + self.attention + self.out + self.gate_up + self.down
+        return self.qkv + self.attention + self.out + self.mlp_in + self.down
 
 
 def layer_dots(cfg: ModelConfig, seq: int) -> LayerDots:
     D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+    mlp_in = (2 if cfg.arch == "llama" else 1) * 2.0 * D * F
     return LayerDots(qkv=2.0 * D * (H + 2 * G) * K, attention=4.0 * seq * H * K, out=2.0 * H * K * D,
-                     gate_up=4.0 * D * F, down=2.0 * F * D)
+                     mlp_in=mlp_in, down=2.0 * F * D)
 
 
 def head_dots(cfg: ModelConfig) -> float:

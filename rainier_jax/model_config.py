@@ -1,14 +1,23 @@
-"""Model sizes as data: `models/*.toml` → a validated `ModelConfig`, parameter shapes and the
-logical name of every parameter dimension. No JAX here: the CLI validates layouts against a model
-before JAX starts, and planning code reads shapes without building anything.
+"""Model sizes as data: `models/*.toml` or a Hugging Face `config.json` → a validated
+`ModelConfig`, parameter shapes and the logical name of every parameter dimension. No JAX here:
+the CLI validates layouts against a model before JAX starts, and planning code reads shapes
+without building anything.
+
+Two architectures: `llama` (what rainier trains: RMSNorm, RoPE, grouped-query attention, SwiGLU)
+and `gpt2` (LayerNorm, learned positions, multi-head attention, a GELU MLP, biases, tied
+embeddings), which exists for the analytic performance model only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 from rainier_jax.config import ConfigError, from_mapping, read_toml, resolve_named_file
+
+ARCHITECTURES = ("llama", "gpt2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +33,12 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    arch: str = "llama"
+    max_positions: int = 0    # the context the model was built for (0: not stated)
 
     def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch = {self.arch!r}: one of {', '.join(ARCHITECTURES)}")
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} = {getattr(self, key)} must be positive")
@@ -51,6 +64,8 @@ def _leaves(tree: dict):
 
 
 def load_model(name_or_path: str) -> ModelConfig:
+    if name_or_path.endswith(".json"):
+        return load_hf_config(Path(name_or_path))
     path = resolve_named_file(name_or_path, "models", "--model")
     try:
         return from_mapping(ModelConfig, read_toml(path), where="")
@@ -58,9 +73,64 @@ def load_model(name_or_path: str) -> ModelConfig:
         raise ConfigError(f"{path}: {str(e).removeprefix(': ')}") from None
 
 
+# Hugging Face config.json keys → ModelConfig fields, per model_type. A tuple gives the key and a
+# fallback (a function of the keys read so far) when the file may leave it out.
+_HF_KEYS = {
+    "llama": {"d_model": "hidden_size", "mlp_dim": "intermediate_size", "n_layers": "num_hidden_layers",
+              "n_heads": "num_attention_heads", "n_kv_heads": ("num_key_value_heads", lambda c: c["n_heads"]),
+              "vocab_size": "vocab_size", "max_positions": "max_position_embeddings"},
+    "gpt2": {"d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+             "n_kv_heads": (None, lambda c: c["n_heads"]), "mlp_dim": ("n_inner", lambda c: 4 * c["d_model"]),
+             "vocab_size": "vocab_size", "max_positions": "n_positions"},
+}
+
+
+def load_hf_config(path: Path) -> ModelConfig:
+    """A Hugging Face `config.json` (model_type llama or gpt2) → ModelConfig."""
+    where = f"--model {path}"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{where}: not a readable JSON config ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    kind = raw.get("model_type")
+    if kind not in _HF_KEYS:
+        raise ConfigError(f"{where}: model_type {kind!r} is not supported (llama or gpt2)")
+    fields: dict = {}
+    for field, key in _HF_KEYS[kind].items():
+        key, fallback = key if isinstance(key, tuple) else (key, None)
+        value = raw.get(key) if key else None
+        if value is None:
+            if fallback is None:
+                required = [k for k in _HF_KEYS[kind].values() if isinstance(k, str)]
+                raise ConfigError(f"{where}: missing {key} (a {kind} config.json needs {', '.join(required)})")
+            value = fallback(fields)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} = {value!r} must be an integer")
+        fields[field] = value
+    extra = ({"rope_theta": float(raw.get("rope_theta", 10000.0)), "norm_eps": float(raw.get("rms_norm_eps", 1e-5)),
+              "tie_embeddings": bool(raw.get("tie_word_embeddings", False))} if kind == "llama"
+             else {"norm_eps": float(raw.get("layer_norm_epsilon", 1e-5)), "tie_embeddings": True})
+    name = raw.get("_name_or_path") or path.parent.name or path.stem
+    try:
+        return ModelConfig(name=str(name), arch=kind, **fields, **extra)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def param_shapes(cfg: ModelConfig) -> dict:
     L, D, H, G, K, F, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                            cfg.mlp_dim, cfg.vocab_size)
+    if cfg.arch == "gpt2":
+        return {
+            "embed": (V, D), "positions": (cfg.max_positions, D),
+            "layers": {"ln1": (L, 2 * D), "w_qkv": (L, D, 3 * D), "b_qkv": (L, 3 * D), "wo": (L, D, D), "bo": (L, D),
+                       "ln2": (L, 2 * D), "w_up": (L, D, F), "b_up": (L, F), "w_down": (L, F, D), "b_down": (L, D)},
+            "final_norm": (2 * D,),
+        }
     shapes = {
         "embed": (V, D),
         "layers": {
@@ -75,8 +145,16 @@ def param_shapes(cfg: ModelConfig) -> dict:
     return shapes
 
 
+def require_trainable(cfg: ModelConfig, flag: str = "--model") -> None:
+    """rainier's transformer is llama-type; other architectures are for the analytic model only."""
+    if cfg.arch != "llama":
+        raise ConfigError(f"{flag} {cfg.name}: a {cfg.arch} model is for the analytic performance model only; "
+                          "rainier trains and compiles llama-type models")
+
+
 def param_axes(cfg: ModelConfig) -> dict:
     """Logical name of every parameter dimension (same tree as `param_shapes`)."""
+    require_trainable(cfg)
     axes = {
         "embed": ("vocab", "embed"),
         "layers": {
