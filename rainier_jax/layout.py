@@ -133,7 +133,7 @@ def _divisors(n: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class Segment:
     """A factor of one physical digit assigned to one parallel axis."""
-    dim: str      # core, x, y or instance
+    dim: str      # core, x, y, instance or node
     size: int
     axis: str
 
@@ -166,7 +166,8 @@ def _take(remaining: list[list], n: int, axis: str, from_slow: bool, layout, top
 
 def _dims_text(topo: Topology) -> str:
     X, Y = topo.torus
-    return f"{topo.ranks_per_chip} ranks per chip, {X}×{Y} chips, {topo.instances} instances"
+    nodes = f", {topo.nodes} nodes" if topo.nodes > 1 else ""
+    return f"{topo.ranks_per_chip} ranks per chip, {X}×{Y} chips, {topo.instances} instances{nodes}"
 
 
 def place(layout: ParallelLayout, topo: Topology) -> np.ndarray:
@@ -175,7 +176,8 @@ def place(layout: ParallelLayout, topo: Topology) -> np.ndarray:
     if layout.size != topo.num_ranks:
         raise ConfigError(f"--parallel {layout}: {layout.size} ranks but {topo.name} has {topo.num_ranks}")
     X, Y = topo.torus
-    remaining = [["core", topo.ranks_per_chip], ["x", X], ["y", Y], ["instance", topo.instances]]
+    remaining = [["core", topo.ranks_per_chip], ["x", X], ["y", Y], ["instance", topo.instances],
+                 ["node", topo.nodes]]
     # Segments keyed by physical position; a digit split between two axes yields two segments,
     # the one taken from the fast end being the lower sub-digit.
     low: list[tuple[int, Segment]] = []

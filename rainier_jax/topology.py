@@ -12,7 +12,9 @@ UltraServer; X and Y wrap around (a torus).
 
 Link classes: `on_chip` (ranks of one chip), `torus` (one X/Y link inside an instance), `ring`
 (one Z link between instances) and `efa` (between nodes, per chip share). A single mesh file never
-routes over `efa`; it is kept in the data for joining several nodes (`--nodes N`) later.
+routes over `efa`; `with_nodes(topo, N)` joins N copies of the mesh (N instances of
+`trn2-instance`, N UltraServers of `trn2-ultraserver`) whose ranks talk over `efa`. Node is the
+slowest digit of the rank number.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Coord:
     x: int
     y: int
     core: int  # logical core (rank) index within the chip
+    node: int = 0  # copy of the mesh (`with_nodes`), joined to the others by EFA
 
 
 def _ring_distance(a: int, b: int, size: int) -> int:
@@ -161,9 +164,10 @@ class Topology:
     hbm_bytes_per_s: float  # per chip
     peak_flops: dict[str, float]  # dtype → dense FLOP/s per chip
     links: dict[str, LinkClass]
+    nodes: int = 1  # copies of the mesh joined by EFA (`with_nodes`)
 
     def __hash__(self) -> int:  # the dict fields are unhashable; usable as a cache/static key
-        return hash((self.name, self.instances, self.torus, self.lnc, self.ranks_per_chip))
+        return hash((self.name, self.instances, self.torus, self.lnc, self.ranks_per_chip, self.nodes))
 
     @property
     def chips_per_instance(self) -> int:
@@ -171,7 +175,11 @@ class Topology:
 
     @property
     def num_chips(self) -> int:
-        return self.instances * self.chips_per_instance
+        return self.nodes * self.instances * self.chips_per_instance
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.instances * self.chips_per_instance * self.ranks_per_chip
 
     @property
     def num_ranks(self) -> int:
@@ -194,23 +202,25 @@ class Topology:
 
     def coord(self, rank: int) -> Coord:
         self._check_rank(rank)
-        chip_global, core = divmod(rank, self.ranks_per_chip)
+        node, local = divmod(rank, self.ranks_per_node)
+        chip_global, core = divmod(local, self.ranks_per_chip)
         instance, chip = divmod(chip_global, self.chips_per_instance)
         y, x = divmod(chip, self.torus[0])
-        return Coord(instance, x, y, core)
+        return Coord(instance, x, y, core, node)
 
     def rank(self, *args: Any, **kwargs: Any) -> int:
         """`rank(Coord(...))`, `rank(instance, x, y, core)` or `rank(instance=…, x=…, y=…, core=…)`."""
         c = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Coord) \
             else Coord(*args, **kwargs)
         limits = {"instance": self.instances, "x": self.torus[0], "y": self.torus[1],
-                  "core": self.ranks_per_chip}
+                  "core": self.ranks_per_chip, "node": self.nodes}
         for field, size in limits.items():
             v = getattr(c, field)
             if not 0 <= v < size:
                 raise ValueError(f"{field} = {v} out of range for {self.name} (0..{size - 1})")
         chip = c.y * self.torus[0] + c.x
-        return (c.instance * self.chips_per_instance + chip) * self.ranks_per_chip + c.core
+        return (c.node * self.ranks_per_node
+                + (c.instance * self.chips_per_instance + chip) * self.ranks_per_chip + c.core)
 
     def chip_of(self, rank: int) -> tuple[int, int, int]:
         c = self.coord(rank)
@@ -237,12 +247,14 @@ class Topology:
         Same rank → no class, 0 hops; same chip → `on_chip`, 1 hop; same instance → `torus`, hops =
         torus distance (with wraparound); different instances → `ring` (the slowest class on such a
         path), hops = ring distance + torus distance. Hops count chip-to-chip links (dimension-
-        ordered routing), not the on-chip step to a different core at either end. `efa` is never
-        returned: one mesh file is one NeuronLink domain.
+        ordered routing), not the on-chip step to a different core at either end. Ranks of
+        different nodes → `efa`, one hop (the network is not modelled hop by hop).
         """
         ca, cb = self.coord(a), self.coord(b)
         if a == b:
             return Link(None, 0)
+        if ca.node != cb.node:
+            return Link(self.links["efa"], 1)
         torus_hops = (_ring_distance(ca.x, cb.x, self.torus[0])
                       + _ring_distance(ca.y, cb.y, self.torus[1]))
         if ca.instance != cb.instance:
@@ -297,3 +309,13 @@ def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--m
         peak_flops={k: v * 1e12 for k, v in f.chip.peak_tflops.items()},
         links=links,
     )
+
+
+def with_nodes(topo: Topology, nodes: int, *, flag: str = "--nodes") -> Topology:
+    """`nodes` copies of `topo` joined by its `efa` link class."""
+    if nodes < 1:
+        raise ConfigError(f"{flag} {nodes}: must be at least 1")
+    if nodes == 1:
+        return topo
+    return dataclasses.replace(topo, name=f"{topo.name}×{nodes}", nodes=nodes,
+                               description=f"{nodes} × {topo.description}, joined by EFA")
