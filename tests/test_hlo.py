@@ -121,9 +121,13 @@ def test_reduce_scatter_recognised_after_spmd_partitioning(tmp_path):
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("dp", "fsdp"))
     w_sh = NamedSharding(mesh, P("fsdp", None))
 
+    # A learning rate new to every run: a hit in the persistent compile cache (conftest) would
+    # skip compilation, and with it the dump.
+    lr = float(np.random.default_rng().uniform(0.05, 0.15))
+
     def sgd(w, x):
         g = jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w)))(w)
-        return w - 0.1 * g
+        return w - lr * g
 
     w = jax.ShapeDtypeStruct((64, 64), jnp.float32, sharding=w_sh)
     x = jax.ShapeDtypeStruct((32, 64), jnp.float32, sharding=NamedSharding(mesh, P(("dp", "fsdp"), None)))
