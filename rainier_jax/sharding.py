@@ -12,40 +12,10 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rainier_jax.axis_rules import ACTIVATION_RULES, Rules, param_rules  # noqa: F401 (re-exported)
 from rainier_jax.layout import ParallelLayout
 from rainier_jax.model_config import ModelConfig, param_axes
 from rainier_jax.transformer import Constrain
-
-Rules = dict[str, str | tuple[str, ...] | None]
-
-
-def param_rules(layout: ParallelLayout, cfg: ModelConfig) -> Rules:
-    """Megatron-style tensor parallelism (column-parallel q/k/v/gate/up, row-parallel o/down,
-    vocabulary-parallel embedding and head) plus FSDP over the model dimension."""
-    return {
-        "layers": "pp",   # pipeline stages hold contiguous blocks of layers (size-1 axis otherwise)
-        "vocab": "tp",
-        "embed": "fsdp",
-        "heads": "tp",
-        # kv heads are split only when tp divides them; when tp exceeds them each rank keeps the
-        # (few) kv weights whole and computes the heads its query heads need.
-        "kv_heads": "tp" if cfg.n_kv_heads % layout.tp == 0 else None,
-        "head_dim": None,
-        "mlp": "tp",
-        "norm": None,
-    }
-
-
-ACTIVATION_RULES: Rules = {
-    "batch": ("dp", "fsdp"),
-    "seq": None,
-    "embed": None,
-    "heads": "tp",
-    "head_dim": None,
-    "mlp": "tp",
-    "vocab": "tp",
-}
-
 
 def spec(logical: tuple[str | None, ...], rules: Rules) -> P:
     unknown = [a for a in logical if a is not None and a not in rules]
