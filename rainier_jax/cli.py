@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
     tr.add_argument("--precision", default=None, help=f"precision preset: {PRESET_HELP} [fp32]")
+    tr.add_argument("--remat", default=None,
+                    help="activation rematerialisation per block: full (keep block inputs), selective "
+                         "(recompute attention scores) or none [full]")
     _add_pipeline_flags(tr)
     ck = tr.add_argument_group("checkpoints (docs/CHECKPOINTS.md)")
     ck.add_argument("--checkpoint-dir", default=None,
@@ -142,7 +145,7 @@ def cmd_mesh_show(args) -> int:
 
 
 RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
-             "precision")
+             "precision", "remat")
 # Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.
 PLACE_FLAGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
 

@@ -8,10 +8,12 @@ Two counts, as the MFU convention needs:
   attention (scores and weighted values over the full T×T square, as PaLM's MFU formula counts
   them). The embedding lookup is a gather, not a matmul.
 * **hardware FLOPs** — what rainier's program executes: model FLOPs plus the forward recomputed by
-  activation checkpointing. With `remat="full"` (how `transformer.run_layers` runs: each block is
-  rematerialised) the recompute is the block's forward minus its last matmul (the down
-  projection): its output feeds only the residual sum, which the backward does not need, and XLA
-  drops it. `tests/test_hlo.py` checks this count against the dots of the compiled step exactly.
+  activation rematerialisation (`transformer.run_layers`):
+  - `full`: the block's forward minus its last matmul (the down projection): its output feeds
+    only the residual sum, which the backward does not need, and XLA drops it;
+  - `selective`: the attention scores QKᵀ (the weighted values PV are kept);
+  - `none`: nothing.
+  `tests/test_hlo.py` checks each count against the dots of the compiled step exactly.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from rainier_jax.model_config import ModelConfig
-
-REMAT = ("none", "full")
+from rainier_jax.run_config import REMAT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +59,7 @@ def hardware_flops(cfg: ModelConfig, *, batch: int, seq: int, remat: str = "full
     """Matmul FLOPs the step executes, recompute included."""
     if remat not in REMAT:
         raise ValueError(f"remat {remat!r}: one of {', '.join(REMAT)}")
-    recompute = 0.0
-    if remat == "full":
-        dots = layer_dots(cfg, seq)
-        recompute = cfg.n_layers * (dots.total - dots.down) * batch * seq
+    dots = layer_dots(cfg, seq)
+    per_layer = {"full": dots.total - dots.down, "selective": dots.attention / 2, "none": 0.0}[remat]
+    recompute = cfg.n_layers * per_layer * batch * seq
     return model_flops(cfg, batch=batch, seq=seq) + recompute

@@ -8,6 +8,10 @@ import math
 
 from rainier_jax.precision import PRESETS, Policy, get_policy
 
+# Activation rematerialisation choices (transformer.run_layers); kept here so the CLI checks the
+# flag before JAX starts.
+REMAT = ("full", "selective", "none")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -30,6 +34,9 @@ class RunConfig:
     virtual_stages: int = 1
     # Precision preset (precision.PRESETS): storage and compute dtypes, rounding, loss scaling.
     precision: str = "fp32"
+    # Activation rematerialisation of each block (transformer.run_layers): full, selective or none.
+    # A pipeline recomputes each chunk in its backward tick whatever this says.
+    remat: str = "full"
 
     def __post_init__(self):
         checks = [("--steps", self.steps > 0, "a positive number of steps"),
@@ -44,6 +51,8 @@ class RunConfig:
             if not ok:
                 raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
         get_policy(self.precision)  # an unknown preset: ConfigError naming --precision
+        if self.remat not in REMAT:
+            raise ValueError(f"--remat {self.remat}: one of {', '.join(REMAT)}")
 
     @property
     def policy(self) -> Policy:

@@ -149,7 +149,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     else:
         def scaled_loss_and_grads(params, meta, batch, scale):
             def scaled(p, m):
-                loss = loss_fn(numerics.with_fp8(p, m), batch, model, constrain, compute)
+                loss = loss_fn(numerics.with_fp8(p, m), batch, model, constrain, compute, run.remat)
                 return loss * scale, loss
             (_, loss), (grads, new_meta) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, meta)
             return loss, grads, new_meta

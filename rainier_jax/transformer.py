@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rainier_jax.model_config import ModelConfig, param_shapes
 from rainier_jax.numerics import FP32, Compute
@@ -90,9 +91,10 @@ def _fp8(p: dict, name: str):
 
 def attention(p: dict, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array], cfg: ModelConfig,
               constrain: Constrain, compute: Compute) -> jax.Array:
-    q_BxTxHxK = compute.linear("btd,dhk->bthk", x_BxTxD, p["wq"], _fp8(p, "wq"))
-    k_BxTxGxK = compute.linear("btd,dgk->btgk", x_BxTxD, p["wk"], _fp8(p, "wk"))
-    v_BxTxGxK = compute.linear("btd,dgk->btgk", x_BxTxD, p["wv"], _fp8(p, "wv"))
+    # Names mark what selective rematerialisation keeps (`_SELECTIVE`).
+    q_BxTxHxK = checkpoint_name(compute.linear("btd,dhk->bthk", x_BxTxD, p["wq"], _fp8(p, "wq")), "q")
+    k_BxTxGxK = checkpoint_name(compute.linear("btd,dgk->btgk", x_BxTxD, p["wk"], _fp8(p, "wk")), "k")
+    v_BxTxGxK = checkpoint_name(compute.linear("btd,dgk->btgk", x_BxTxD, p["wv"], _fp8(p, "wv")), "v")
     q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
     k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
     # Grouped-query attention: query head h reads kv head h // (H/G). Repeating kv heads up to H
@@ -112,21 +114,22 @@ def attention(p: dict, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array], cf
     # has exactly zero gradient with respect to any later one.
     s_BxHxTxT = jnp.where(causal_TxT[None, None], s_BxHxTxT, -jnp.inf)
     p_BxHxTxT = jax.nn.softmax(s_BxHxTxT, axis=-1).astype(v_BxTxHxK.dtype)
-    o_BxTxHxK = compute.bmm("bhts,bshk->bthk", p_BxHxTxT, v_BxTxHxK)
+    o_BxTxHxK = checkpoint_name(compute.bmm("bhts,bshk->bthk", p_BxHxTxT, v_BxTxHxK), "attention_output")
     return compute.linear("bthk,hkd->btd", o_BxTxHxK, p["wo"], _fp8(p, "wo"))
 
 
 def mlp(p: dict, x_BxTxD: jax.Array, constrain: Constrain, compute: Compute) -> jax.Array:
     gate_BxTxF = compute.linear("btd,df->btf", x_BxTxD, p["w_gate"], _fp8(p, "w_gate"))
     up_BxTxF = compute.linear("btd,df->btf", x_BxTxD, p["w_up"], _fp8(p, "w_up"))
+    gate_BxTxF, up_BxTxF = checkpoint_name(gate_BxTxF, "mlp_gate"), checkpoint_name(up_BxTxF, "mlp_up")
     h_BxTxF = constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "seq", "mlp"))
     return compute.linear("btf,fd->btd", h_BxTxF, p["w_down"], _fp8(p, "w_down"))
 
 
 def block(p: dict, x_BxTxD: jax.Array, rope, cfg: ModelConfig, constrain: Constrain,
           compute: Compute) -> jax.Array:
-    h_BxTxD = x_BxTxD + attention(p, rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps), rope, cfg, constrain,
-                                  compute)
+    h_BxTxD = checkpoint_name(x_BxTxD + attention(p, rms_norm(x_BxTxD, p["attn_norm"], cfg.norm_eps), rope, cfg,
+                                                  constrain, compute), "attention_residual")
     out_BxTxD = h_BxTxD + mlp(p, rms_norm(h_BxTxD, p["mlp_norm"], cfg.norm_eps), constrain, compute)
     return constrain(out_BxTxD, ("batch", "seq", "embed"))
 
@@ -140,23 +143,36 @@ def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain, compute: Co
     return constrain(x_BxTxD, ("batch", "seq", "embed"))
 
 
+# Activation rematerialisation of each block in the layer scan:
+#   full       keep only each block's input; recompute the block in the backward pass (default:
+#              on this CPU it is faster as well as smaller — stacking the saved intermediates,
+#              attention probabilities above all, costs more than recomputing them: measured
+#              0.99 → 0.84 s (fp32) and 0.76 → 0.39 s (bf16-mixed) for the tiny model's forward and
+#              backward at batch 32 × 128)
+#   selective  keep the matmul outputs (q, k, v, the attention output, the residual after attention,
+#              the MLP's gate and up) and recompute the rest: the attention scores QKᵀ and their
+#              softmax — the T×T tensors — and the cheap elementwise work (norms, RoPE, SiLU)
+#   none       keep everything
+# (The names are run_config.REMAT.)
+_SELECTIVE = jax.checkpoint_policies.save_only_these_names(
+    "q", "k", "v", "attention_output", "attention_residual", "mlp_gate", "mlp_up")
+
+
 def run_layers(layers: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-               constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
+               constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
     """A stack of blocks (`layers` leaves have a leading layer axis) under `lax.scan`; pipeline
     stages call this on their own slice of the stack."""
     rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_theta)
 
-    # Each block is rematerialised in the backward pass: the scan then saves only each block's
-    # input, not every intermediate. On this CPU that is faster as well as smaller — stacking the
-    # saved intermediates (attention probabilities above all) costs more than recomputing them:
-    # measured 0.99 → 0.84 s (fp32) and 0.76 → 0.39 s (bf16-mixed) for the tiny model's
-    # forward and backward at batch 32 × 128.
-    @jax.checkpoint
-    def remat_block(layer_params, x):
+    def plain_block(layer_params, x):
         return block(layer_params, x, rope, cfg, constrain, compute)
 
+    layer = {"full": jax.checkpoint(plain_block),
+             "selective": jax.checkpoint(plain_block, policy=_SELECTIVE),
+             "none": plain_block}[remat]
+
     def step(x, layer_params):
-        return remat_block(layer_params, x), None
+        return layer(layer_params, x), None
 
     x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, layers)
     return x_BxTxD
@@ -178,14 +194,15 @@ def head(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
 
 
 def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
-           constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
+           constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
     """Blocks → final norm → logits, from input embeddings (the causality test enters here)."""
-    return head(params, run_layers(params["layers"], x_BxTxD, cfg, constrain, compute), cfg, constrain, compute)
+    x_BxTxD = run_layers(params["layers"], x_BxTxD, cfg, constrain, compute, remat)
+    return head(params, x_BxTxD, cfg, constrain, compute)
 
 
 def forward(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig,
-            constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
-    return decode(params, embed(params, tokens_BxT, constrain, compute), cfg, constrain, compute)
+            constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
+    return decode(params, embed(params, tokens_BxT, constrain, compute), cfg, constrain, compute, remat)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -196,7 +213,7 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
 
 
 def loss_fn(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig,
-            constrain: Constrain = no_constraint, compute: Compute = FP32) -> jax.Array:
+            constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
     """Loss of a `[B, T+1]` token batch: predict tokens 1..T from tokens 0..T-1."""
     inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
-    return cross_entropy(forward(params, inputs_BxT, cfg, constrain, compute), targets_BxT)
+    return cross_entropy(forward(params, inputs_BxT, cfg, constrain, compute, remat), targets_BxT)

@@ -207,6 +207,7 @@ CASES = [
     Case("lr-nan", T("--lr", "nan"), ("--lr", "nan")),
     Case("seed-negative", T("--seed", "-1"), ("--seed", "-1")),
     Case("eval-every-negative", T("--eval-every", "-5"), ("--eval-every", "-5")),
+    Case("remat-unknown", T("--remat", "some"), ("--remat", "some")),
     # the command line itself
     Case("unknown-flag", T("--bogus-flag", "1"), ("--bogus-flag",)),
     Case("show-unknown-flag", S("trn2-mini-8", "--tp", "2"), ("--tp",)),
