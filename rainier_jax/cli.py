@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
     tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
     tr.add_argument("--precision", default=None, help=f"precision preset: {PRESET_HELP} [fp32]")
+    tr.add_argument("--zero1", action="store_true", default=None,
+                    help="ZeRO-1: split the optimizer state over the data-parallel axis too")
     tr.add_argument("--remat", default=None,
                     help="activation rematerialisation per block: full (keep block inputs), selective "
                          "(recompute attention scores) or none [full]")
@@ -145,7 +147,7 @@ def cmd_mesh_show(args) -> int:
 
 
 RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
-             "precision", "remat")
+             "precision", "remat", "zero1")
 # Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.
 PLACE_FLAGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
 
@@ -267,6 +269,10 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
     print(run.policy.describe())
+    print(f"activations: remat {run.remat}"
+          + (f"; ZeRO-1: optimizer state split over dp={layout.dp}" if run.zero1 and layout.dp > 1 else ""))
+    if run.zero1 and layout.dp == 1:
+        print("--zero1: the layout has dp=1, so there is nothing to split the optimizer state over", file=sys.stderr)
     if layout.pp > 1 or run.microbatches > 1:
         from rainier_jax.schedules import build_schedule
         pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)

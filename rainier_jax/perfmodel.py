@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from rainier_jax.axis_rules import param_rules
+from rainier_jax.axis_rules import param_rules, zero1_axes
 from rainier_jax.layout import ParallelLayout
 from rainier_jax.model_config import ModelConfig, param_axes, param_shapes
 from rainier_jax.precision import Policy
@@ -23,15 +23,26 @@ def _leaves(shapes: dict, axes: dict):
             yield shape, axes[key]
 
 
-def params_per_rank(cfg: ModelConfig, layout: ParallelLayout) -> int:
+def _per_rank(shape: tuple[int, ...], mesh_axes: tuple, sizes: dict[str, int]) -> int:
+    split = 1
+    for a in mesh_axes:
+        for name in () if a is None else (a,) if isinstance(a, str) else a:
+            split *= sizes[name]
+    return math.prod(shape) // split
+
+
+def params_per_rank(cfg: ModelConfig, layout: ParallelLayout, *, zero1: bool = False) -> int:
     """Parameters one rank holds: each tensor divided by the mesh axes its dimensions are split
-    over (a validated layout divides every split dimension exactly)."""
+    over (a validated layout divides every split dimension exactly). `zero1` counts the optimizer
+    moments' share instead (`axis_rules.zero1_axes`)."""
     rules = param_rules(layout, cfg)
     sizes = layout.axis_sizes()
     total = 0
     for shape, logical in _leaves(param_shapes(cfg), param_axes(cfg)):
-        split = math.prod(sizes[rules[a]] for a in logical if a is not None and rules[a] is not None)
-        total += math.prod(shape) // split
+        mesh_axes = tuple(None if a is None else rules[a] for a in logical)
+        if zero1:
+            mesh_axes = zero1_axes(shape, mesh_axes, layout)
+        total += _per_rank(shape, mesh_axes, sizes)
     return total
 
 
@@ -39,7 +50,7 @@ def state_bytes_per_rank(cfg: ModelConfig, layout: ParallelLayout, policy: Polic
                          zero1: bool = False) -> dict[str, int]:
     """Bytes of weights, gradients and optimizer state on one rank. With `zero1` the optimizer
     state is further split over the data-parallel axis (FSDP already splits it with the weights)."""
-    n = params_per_rank(cfg, layout)
     per = policy.bytes_per_param()
-    optimizer = n * per["optimizer"] // (layout.dp if zero1 else 1)
+    n = params_per_rank(cfg, layout)
+    optimizer = params_per_rank(cfg, layout, zero1=zero1) * per["optimizer"]
     return {"weights": n * per["weights"], "grads": n * per["grads"], "optimizer": optimizer}

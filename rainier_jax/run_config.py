@@ -37,6 +37,8 @@ class RunConfig:
     # Activation rematerialisation of each block (transformer.run_layers): full, selective or none.
     # A pipeline recomputes each chunk in its backward tick whatever this says.
     remat: str = "full"
+    # ZeRO-1: optimizer moments split over dp as well (weights and gradients are not).
+    zero1: bool = False
 
     def __post_init__(self):
         checks = [("--steps", self.steps > 0, "a positive number of steps"),

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rainier_jax.axis_rules import ACTIVATION_RULES, Rules, param_rules  # noqa: F401 (re-exported)
+from rainier_jax.axis_rules import ACTIVATION_RULES, Rules, param_rules, zero1_axes  # noqa: F401 (re-exported)
 from rainier_jax.layout import ParallelLayout
-from rainier_jax.model_config import ModelConfig, param_axes
+from rainier_jax.model_config import ModelConfig, param_axes, param_shapes
 from rainier_jax.transformer import Constrain
 
 def spec(logical: tuple[str | None, ...], rules: Rules) -> P:
@@ -33,6 +33,12 @@ def param_specs(layout: ParallelLayout, cfg: ModelConfig) -> dict:
 def param_shardings(mesh: Mesh, layout: ParallelLayout, cfg: ModelConfig) -> dict:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(layout, cfg),
                         is_leaf=lambda x: isinstance(x, P))
+
+
+def zero1_shardings(mesh: Mesh, layout: ParallelLayout, cfg: ModelConfig) -> dict:
+    """Shardings of the optimizer moments under ZeRO-1: each parameter's, also split over dp."""
+    return jax.tree.map(lambda s, shape: NamedSharding(mesh, P(*zero1_axes(shape, tuple(s), layout))),
+                        param_specs(layout, cfg), param_shapes(cfg), is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

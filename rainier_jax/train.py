@@ -132,8 +132,11 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
 
     key = jax.random.key(run.seed)
     abstract_state = jax.eval_shape(init_fn, key)
-    # Optimizer moments mirror the parameters and take their shardings; counters are replicated.
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_sh,
+    # Optimizer moments mirror the parameters and take their shardings (ZeRO-1: also split over
+    # dp; GSPMD then reduce-scatters the gradients and all-gathers the updates); counters are
+    # replicated.
+    moment_sh = sharding.zero1_shardings(mesh, layout, model) if run.zero1 else param_sh
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, moment_sh,
                                    transform_non_params=lambda _: repl)
     state_sh = TrainState(param_sh, opt_sh, repl, jax.tree.map(lambda _: repl, abstract_state.precision))
     batch_sh = sharding.batch_sharding(mesh)

@@ -12,16 +12,18 @@ from rainier_jax.layout import ParallelLayout, parse_layout
 from rainier_jax.precision import PRESETS
 
 
-@pytest.mark.parametrize("layout", ["dp=8", "fsdp=8", "dp=2,fsdp=2,tp=2", "tp=8", "dp=2,tp=2,pp=2"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_state_bytes_match_the_compiled_steps_arguments(layout, precision):
+@pytest.mark.parametrize("layout,precision,zero1", [
+    (layout, precision, False) for layout in ["dp=8", "fsdp=8", "dp=2,fsdp=2,tp=2", "tp=8", "dp=2,tp=2,pp=2"]
+    for precision in ["fp32", "bf16"]] + [
+    ("dp=8", "fp32", True), ("dp=4,tp=2", "bf16-mixed", True), ("dp=2,fsdp=2,tp=2", "fp32", True)])
+def test_state_bytes_match_the_compiled_steps_arguments(layout, precision, zero1):
     """Weights + optimizer state per rank, counted from the sharding rules, equal the train step's
     argument bytes (XLA's memory_analysis) less the batch and the state's scalar counters.
     tp=8 exceeds the 4 kv heads, so k/v weights stay whole on every rank: the count must know."""
-    run = dataclasses.replace(RUN, precision=precision, microbatches=2 if "pp" in layout else 1)
+    run = dataclasses.replace(RUN, precision=precision, microbatches=2 if "pp" in layout else 1, zero1=zero1)
     program = program_for(layout, run=run)
     parsed = parse_layout(layout, MINI8.num_ranks)
-    state = perfmodel.state_bytes_per_rank(TINY, parsed, PRESETS[precision])
+    state = perfmodel.state_bytes_per_rank(TINY, parsed, PRESETS[precision], zero1=zero1)
     scalars = sum(a.dtype.itemsize for a in jax.tree.leaves(program.abstract_state) if a.ndim == 0)
     batch = run.batch // parsed.data_size * (run.seq + 1) * np.dtype(np.int32).itemsize
     measured = program.step.memory_analysis().argument_size_in_bytes

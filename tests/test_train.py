@@ -61,3 +61,24 @@ def test_loss_falls_on_default_corpus():
     assert np.mean([r.loss for r in records[-5:]]) < 3.2
     evals = [r.eval_loss for r in records if r.eval_loss is not None]
     assert len(evals) == 2 and evals[1] < evals[0] < 4.0
+
+
+def test_zero1_trains_the_same_model(tmp_path):
+    """ZeRO-1 only moves where Adam's elementwise update runs: the losses and parameters of a few
+    steps are bit for bit those of the unsplit optimizer (the elementwise update is the same
+    arithmetic on each element, and the gradient sums come out in the same order)."""
+    from programs import RUN
+
+    corpus = data.load_corpus(None, 256, RUN.seq)
+    out = {}
+    for zero1 in (False, True):
+        records = []
+        program = program_for("dp=4,tp=2", run=dataclasses.replace(RUN, zero1=zero1))
+        final = train(program, corpus, on_step=records.append)
+        out[zero1] = ([r.loss for r in records], jax.tree.map(np.asarray, jax.device_get(final.params)), program)
+    assert out[True][0] == out[False][0]
+    for a, b in zip(jax.tree.leaves(out[False][1]), jax.tree.leaves(out[True][1])):
+        assert np.array_equal(a, b)
+    # and the moments really are split over dp
+    mu = out[True][2].state_shardings.opt_state[1][0].mu["layers"]["w_up"]
+    assert "dp" in str(mu.spec)
