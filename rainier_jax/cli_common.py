@@ -1,0 +1,52 @@
+"""What the `rainier` subcommands share: defaults, reading run settings from flags, output
+directories, and starting JAX on the right number of emulated devices (the only place that
+touches `jax.config`, with tests/conftest.py)."""
+
+from __future__ import annotations
+
+from rainier_jax.config import ConfigError
+
+DEFAULT_MESH = "trn2-mini-8"
+DEFAULT_MODEL = "tiny"
+
+RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
+             "precision", "remat", "zero1")
+# Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.
+PLACE_FLAGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
+
+
+def given(args, names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def run_config(args, base: dict | None = None):
+    """RunConfig from the flags given, over `base` (a resumed run's saved settings) or the defaults."""
+    from rainier_jax.run_config import RunConfig
+    try:
+        return RunConfig(**{**(base or {}), **given(args, RUN_FLAGS)})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def writable_dir(path: str, flag: str = "--report"):
+    from pathlib import Path
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is not a directory; give a directory path")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".rainier-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror}); give a writable directory") from None
+    return d
+
+
+def start_jax(num_devices: int) -> None:
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices)
+    if len(jax.devices()) != num_devices:  # JAX was started before the CLI could size it
+        raise ConfigError(f"needs {num_devices} CPU devices but JAX already has {len(jax.devices())}; "
+                          "run rainier in a fresh process")

@@ -1,0 +1,111 @@
+"""`rainier parity`: does a layout compute what a reference computes?"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rainier_jax.cli_common import run_config, start_jax, writable_dir
+from rainier_jax.config import ConfigError
+
+
+def cmd_parity(args) -> int:
+    from rainier_jax import data as data_lib
+    from rainier_jax.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
+                                    validate_all)
+    from rainier_jax.model_config import load_model, require_trainable
+    from rainier_jax.precision import check_compatible, get_policy, incompatibility
+    from rainier_jax.topology import load_topology
+
+    topo = load_topology(args.mesh, lnc=args.lnc)
+    model = load_model(args.model)
+    require_trainable(model)
+    run = run_config(args)
+    if args.matrix == (args.parallel is not None):
+        raise ConfigError("parity: give either --parallel LAYOUT or --matrix (exactly one)")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise ConfigError(f"--tolerance {args.tolerance}: must be a positive relative error, e.g. 1e-5")
+    if args.max_layouts <= 0:
+        raise ConfigError(f"--max-layouts {args.max_layouts}: must be a positive number")
+    if args.matrix:
+        # Without --microbatches, pipeline layouts get pp microbatches so the matrix covers them.
+        candidates = admissible_layouts(topo, model, run.batch, schedule=run.schedule,
+                                        microbatches=args.microbatches, virtual_stages=run.virtual_stages
+                                        )[:args.max_layouts]
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
+    else:
+        candidates = [parse_layout(args.parallel, topo.num_ranks)]
+    reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
+    ref_layout = reference or ParallelLayout()
+    # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
+    # Its precision is the candidate's unless given: by default parity checks a layout.
+    ref_precision = get_policy(args.reference_precision or run.precision, flag="--reference-precision").name
+    ref_run = dataclasses.replace(run, precision=ref_precision)
+    if ref_layout.pp == 1:
+        ref_run = dataclasses.replace(ref_run, microbatches=1, virtual_stages=1, schedule="1f1b")
+
+    def run_for(layout):
+        if args.matrix and args.microbatches is None:
+            return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
+        return run
+
+    if args.matrix:  # layouts the precision cannot run (fp8 with a pipeline) are left out, and said so
+        skipped = [c for c in candidates if incompatibility(run.policy, pp=c.pp, microbatches=run_for(c).microbatches)]
+        candidates = [c for c in candidates if c not in skipped]
+        if skipped:
+            print(f"--matrix: {len(skipped)} pipeline layouts skipped: --precision {run.precision} cannot run them")
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks can run --precision {run.precision}")
+    checks = [(c, "--parallel", run_for(c)) for c in candidates]
+    checks.append((ref_layout, "--reference", ref_run))
+    for layout, flag, layout_run in checks:
+        validate_all(layout, model, batch=run.batch, schedule=layout_run.schedule,
+                     microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag)
+        check_compatible(layout_run.policy, pp=layout.pp, microbatches=layout_run.microbatches,
+                         flag="--reference-precision" if flag == "--reference" else "--precision")
+    report_dir = writable_dir(args.report) if args.report else None
+    corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+
+    start_jax(topo.num_ranks)
+
+    from rainier_jax.parity import EPS32, Bound, run_parity
+    from rainier_jax.parity_report import MATRIX_HEADER, format_result, matrix_row, write_report
+    from rainier_jax.train import build_program, mesh_on_ranks
+
+    precisions = f"{run.precision} vs {ref_run.precision}"
+    ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None),
+                             ref_run)
+    ref_name = str(reference) if reference else "single"
+    settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
+                "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": run.precision,
+                "reference_precision": ref_run.precision, "corpus_sha256": corpus.sha256,
+                "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
+    results = []
+    if args.matrix:
+        print(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
+              f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {precisions})")
+        print(MATRIX_HEADER, flush=True)
+    for layout in candidates:
+        cand_run = run_for(layout)
+        same = reference is not None and layout == reference and ref_run == cand_run
+        bound = (Bound("override", EPS32, override=args.tolerance) if args.tolerance is not None
+                 else Bound.for_precisions(ref_run.policy, cand_run.policy, n_layers=model.n_layers, identical=same))
+        prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), cand_run)
+        name = str(layout) + (f" {cand_run.schedule} M={cand_run.microbatches}"
+                              if layout.pp > 1 or cand_run.microbatches > 1 else "")
+        result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=name)
+        results.append(result)
+        if args.matrix:
+            print(matrix_row(result), flush=True)
+        else:
+            print(format_result(result, header=(
+                f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
+                f"batch {run.batch} × seq {run.seq}, {precisions})")))
+        if report_dir is not None:
+            write_report(result, report_dir / str(layout) if args.matrix else report_dir,
+                         {**settings, "candidate": str(layout), "reference": ref_name})
+    failed = [r for r in results if not r.passed]
+    if args.matrix:
+        print(f"{len(results) - len(failed)} of {len(results)} layouts pass"
+              + (f"; first failure: {failed[0].candidate}: {failed[0].first_violation}" if failed else ""))
+    return 1 if failed else 0

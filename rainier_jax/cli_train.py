@@ -1,0 +1,172 @@
+"""`rainier train`: validate everything, pick the checkpoint to resume, then train.
+
+Bad input is one line and exit 2 before JAX starts (the checkpoint to resume included: its
+manifest and run record are read without JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from rainier_jax.cli_common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, given, run_config,
+                                    start_jax, writable_dir)
+from rainier_jax.config import ConfigError
+
+
+def checkpoint_plan(args):
+    """Validate the checkpoint flags; with --resume, pick the checkpoint and adopt its placement
+    and checkpoint settings into `args`. Returns (directory or None, Found or None, notes about
+    settings the resumed run changes)."""
+    from pathlib import Path
+
+    from rainier_jax import resume
+
+    if args.checkpoint_dir is None:
+        for name in ("checkpoint_every", "keep"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"{resume.flag(name)} needs --checkpoint-dir DIR (where to save)")
+        if args.resume:
+            raise ConfigError("--resume needs --checkpoint-dir DIR (the run to continue)")
+        return None, None, []
+    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
+        raise ConfigError(f"--checkpoint-every {args.checkpoint_every}: must be a positive number of steps "
+                          "(leave it out to save only at the end and when stopped)")
+    if args.keep is not None and args.keep <= 0:
+        raise ConfigError(f"--keep {args.keep}: must keep at least 1 checkpoint")
+    directory = Path(args.checkpoint_dir)
+    if not args.resume:
+        if steps := resume.steps_on_disk(directory):
+            raise ConfigError(f"--checkpoint-dir {directory} already holds checkpoints (steps "
+                              f"{', '.join(map(str, steps))}); pass --resume to continue that run, or give "
+                              "an empty directory")
+        return writable_dir(args.checkpoint_dir, "--checkpoint-dir"), None, []
+    found = resume.newest_intact(directory)
+    where = str(found.path)
+    if "mesh" in given(args, ["mesh"]):
+        args.mesh = resume.absolute_if_path(args.mesh)
+    flags, notes = resume.merge(found.meta, given(args, RUN_FLAGS + PLACE_FLAGS), where=where)
+    for name, value in flags.items():
+        setattr(args, name, value)
+    writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    return directory, found, notes
+
+
+def cmd_train(args) -> int:
+    from rainier_jax import data as data_lib
+    from rainier_jax.layout import layout_warnings, parse_layout, place, validate_all
+    from rainier_jax.precision import check_compatible
+    from rainier_jax.report import MetricsLog
+    from rainier_jax.topology import load_topology
+    from rainier_jax.model_config import ModelConfig, load_model, require_trainable
+
+    # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
+    ckpt_dir, found, notes = checkpoint_plan(args)
+    topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
+    if found is not None and args.model is None:
+        model = ModelConfig(**found.meta["model"])
+    else:
+        model = load_model(args.model or DEFAULT_MODEL)
+    require_trainable(model)
+    layout = parse_layout(args.parallel, topo.num_ranks)
+    run = run_config(args, base=found.meta["run"] if found is not None else None)
+    validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
+                 virtual_stages=run.virtual_stages)
+    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
+    placement = place(layout, topo)
+    corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+    start = 0
+    if found is not None:
+        from rainier_jax import resume
+        resume.check_model(found.meta, dataclasses.asdict(model), args.model, str(found.path))
+        resume.check_corpus(found.meta, args.data, corpus.source, corpus.sha256, str(found.path))
+        start = found.step
+        if start >= run.steps:
+            print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
+                  f"(give --steps above {start} to extend it)")
+            return 0
+    metrics = MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None) if args.metrics else None
+
+    for w in layout_warnings(layout, topo, placement):
+        print(w, file=sys.stderr)
+    saver = None
+    if ckpt_dir is not None:
+        from rainier_jax import resume
+        from rainier_jax.checkpoint_session import SavePlan
+        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
+                         notes=notes,
+                         record=resume.run_record(
+                             mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
+                             layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
+                             model=dataclasses.asdict(model), run=dataclasses.asdict(run),
+                             data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
+                             corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
+                             keep=args.keep or 3))
+    start_jax(topo.num_ranks)
+    return _run_training(topo, model, layout, placement, run, corpus, metrics, saver)
+
+
+def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=None) -> int:
+    from rainier_jax.layout import axis_links, describe_links
+    from rainier_jax.report import Progress, summary
+    from rainier_jax.train import build_program, mesh_on_ranks, train
+
+    mesh = mesh_on_ranks(layout, placement)
+    print(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
+    for al in axis_links(layout, topo, placement):
+        print(f"  {describe_links(al)}")
+    print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
+          f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
+    print(run.policy.describe())
+    print(f"activations: remat {run.remat}"
+          + (f"; ZeRO-1: optimizer state split over dp={layout.dp}" if run.zero1 and layout.dp > 1 else ""))
+    if run.zero1 and layout.dp == 1:
+        print("--zero1: the layout has dp=1, so there is nothing to split the optimizer state over", file=sys.stderr)
+    if layout.pp > 1 or run.microbatches > 1:
+        from rainier_jax.schedules import build_schedule
+        pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+        print(f"pipeline: {run.schedule}, pp={layout.pp}, {run.microbatches} microbatches per replica"
+              + (f", {run.virtual_stages} virtual stages" if run.virtual_stages > 1 else "")
+              + f"; bubble {pipe.bubble():.3f}; peak in-flight per stage {pipe.peak_in_flight()}")
+    print(corpus.describe(), flush=True)
+    if metrics is not None and metrics.dropped:
+        print(f"--metrics {metrics.path}: dropped {metrics.dropped} records after the checkpoint's step "
+              "(those steps run again)")
+
+    t0 = time.perf_counter()
+    if saver is not None:
+        from rainier_jax.checkpoint_session import CheckpointSession
+        session = CheckpointSession(saver)
+    else:
+        session = None
+    try:
+        program = build_program(model, layout, mesh, run)
+        print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
+        state = session.restore(program) if session is not None else None
+        start = 0 if state is None else int(state.step)
+        progress = Progress(run.steps - start, first_step=start)
+
+        def on_step(rec):
+            progress.update(rec)
+            if metrics is not None:
+                metrics.write(rec)
+
+        try:
+            state = train(program, corpus, on_step=on_step, state=state,
+                          save=session.save if session is not None else None,
+                          save_every=session.every if session is not None else 0,
+                          should_stop=session.stop.is_set if session is not None else None)
+        finally:
+            progress.close()
+            if metrics is not None:
+                metrics.close()
+        if session is not None:
+            session.finish()
+    finally:
+        if session is not None:
+            session.close()
+    print(summary(progress.records, compile_seconds=program.compile_seconds,
+                  wall_seconds=time.perf_counter() - t0))
+    if session is not None:
+        print(session.describe(int(state.step)))
+    return 0
