@@ -192,3 +192,25 @@ def test_model_flops_convention():
     attention = 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim
     assert flops.model_flops(cfg, batch=B, seq=T) == (6 * matmul_params + attention) * B * T
     assert flops.hardware_flops(cfg, batch=B, seq=T, remat="none") == flops.model_flops(cfg, batch=B, seq=T)
+
+
+def test_compiled_collectives_map_onto_the_links_their_axis_crosses():
+    """The compiled path's chain: the step's HLO → each collective's device groups → the link class
+    on the topology. Device d is emulated rank d (train.mesh_on_ranks), so on trn2-mini-8 with
+    dp=2,fsdp=2,tp=2 (`rainier mesh show`: tp on the chip, fsdp over the torus, dp over the
+    instance ring) every collective must land on exactly the class of the axes it spans."""
+    from programs import MINI8
+    from rainier_jax import comm
+
+    program = program_for("dp=2,fsdp=2,tp=2")
+    found = hlo.collectives(hlo.parse_module(program.step.as_text()), num_devices=8)
+    # Placement puts tp on ranks (0,1), fsdp on (0,2), dp on (0,4) — and the groups of every
+    # collective in the program are the groups of one axis or of several.
+    axis_of = {(0, 1): "tp", (0, 2): "fsdp", (0, 4): "dp", (0, 2, 4, 6): "dp×fsdp"}
+    expected = {"tp": "on_chip", "fsdp": "torus", "dp": "ring", "dp×fsdp": "ring"}
+    seen = set()
+    for c in found:
+        axis = axis_of[c.groups[0]]   # a collective over any other grouping fails here
+        seen.add(axis)
+        assert {comm.group_link(MINI8, list(g)).name for g in c.groups} == {expected[axis]}, (c.name, axis)
+    assert seen == set(axis_of.values())
