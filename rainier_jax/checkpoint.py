@@ -106,11 +106,8 @@ class Checkpointer:
             self.blocked_seconds.append(time.perf_counter() - t0)
         self.saved.append(step)
 
-    def wait(self) -> None:
-        """Block until every save started so far is committed."""
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
+        """Wait until every save started so far is committed, then release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
 

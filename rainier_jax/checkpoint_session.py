@@ -71,9 +71,6 @@ class CheckpointSession:
     def save(self, step, state):
         self.checkpointer.save(step, state, step_record(self.record, step))
 
-    def finish(self):
-        self.checkpointer.wait()
-
     def close(self):
         for s, h in self._previous.items():
             signal.signal(s, h)

@@ -160,11 +160,9 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
             progress.close()
             if metrics is not None:
                 metrics.close()
-        if session is not None:
-            session.finish()
     finally:
         if session is not None:
-            session.close()
+            session.close()   # waits for every save in flight to commit
     print(summary(progress.records, compile_seconds=program.compile_seconds,
                   wall_seconds=time.perf_counter() - t0))
     if session is not None:
