@@ -10,7 +10,12 @@ generation's link efficiency.
 Times, for n members, S bytes (the full buffer: the all-reduce operand, the all-gather result,
 the reduce-scatter input), α the class latency and B the bandwidth per rank:
 
-    ring          all-reduce 2(n−1)(α + S/(nB));  all-gather, reduce-scatter (n−1)(α + S/(nB))
+    ring          all-reduce 2(n−1)(α + S/(n·R·B));  all-gather, reduce-scatter (n−1)(α + S/(n·R·B)),
+                  R the ring's bandwidth multiplier: a ring of ≥ 2 chips runs both directions (half the
+                  buffer each way: ×2), and a group whose chips make up a whole X×Y torus (X, Y ≥ 3)
+                  runs two edge-disjoint Hamiltonian cycles ("KangaRing", TRAINIUM_FACTS.md: ×2 more),
+                  so every link direction of a chip carries traffic; a group inside one chip, or one
+                  crossing EFA (a node's sends to both neighbours leave through the same NICs): R = 1
     rdh           recursive halving/doubling (n a power of two): log2 n steps; step k talks to the
                   member 2^k away in group order and sends S/2^(k+1) (twice for all-reduce), paying
                   α and the bandwidth once per chip-to-chip hop to that partner (its route shares
@@ -72,6 +77,19 @@ def sharers(topo: Topology, groups: list[list[int]], group: list[int]) -> int:
     return sum(1 for g in groups if any(topo.chip_of(r) + (topo.coord(r).node,) == chip for r in g))
 
 
+def ring_paths(topo: Topology, group: list[int]) -> int:
+    """R of the ring formula (module docstring): the parallel link directions a ring uses."""
+    chips = {topo.chip_of(r) + (topo.coord(r).node,) for r in group}
+    if len(chips) < 2:
+        return 1
+    X, Y = topo.torus
+    per_instance: dict = {}
+    for inst, x, y, node in chips:
+        per_instance.setdefault((node, inst), set()).add((x, y))
+    whole = X >= 3 and Y >= 3 and all(len(c) == X * Y for c in per_instance.values())
+    return 2 * (2 if whole else 1)
+
+
 def _ring(kind: str, n: int, S: float, a: float, B: float) -> float:
     steps = 2 * (n - 1) if kind == "all-reduce" else n - 1
     return steps * (a + S / (n * B))
@@ -121,7 +139,8 @@ def price(topo: Topology, kind: str, nbytes: float, group: list[int], *, groups:
         return Priced(kind, n, int(nbytes), cls.name, "permute", hops * a + S / B)
     if kind == "all-to-all":
         return Priced(kind, n, int(nbytes), cls.name, "mesh", _mesh("all-gather", topo, group, S, a, B))
-    options = {"ring": _ring(kind, n, S, a, B), "mesh": _mesh(kind, topo, group, S, a, B)}
+    paths = 1 if cls.name == "efa" else ring_paths(topo, group)
+    options = {"ring": _ring(kind, n, S, a, B * paths), "mesh": _mesh(kind, topo, group, S, a, B)}
     rdh = _rdh(kind, topo, group, S, a, B)
     if rdh is not None:
         options["rdh"] = rdh

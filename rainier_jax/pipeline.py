@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as PSpec
 from rainier_jax import sharding
 from rainier_jax.layout import ParallelLayout
 from rainier_jax.model_config import ModelConfig
-from rainier_jax.schedules import IDLE, Schedule, pack
+from rainier_jax.schedules import IDLE, Schedule, pack, segments
 from rainier_jax.numerics import FP32, Compute
 from rainier_jax.transformer import Constrain, cross_entropy, embed, head, run_layers
 
@@ -111,17 +111,6 @@ def plan(s: Schedule) -> Plan:
     return Plan(tab, max(biggest["stash"], 1), max(biggest["act"], 1), max(biggest["grad"], 1))
 
 
-def _segments(tables: dict[str, np.ndarray]) -> list[tuple[int, int, bool, bool]]:
-    """Maximal runs of ticks with the same (any forward, any backward)."""
-    kinds = list(zip(tables["f_on"].any(axis=1).tolist(), tables["b_on"].any(axis=1).tolist()))
-    runs, start = [], 0
-    for t in range(1, len(kinds) + 1):
-        if t == len(kinds) or kinds[t] != kinds[start]:
-            runs.append((start, t, *kinds[start]))
-            start = t
-    return runs
-
-
 def _where(on, new, old):
     """`new` where `on` (a scalar bit), else `old` — the only way anything enters the state."""
     return jax.tree.map(lambda a, b: jnp.where(on.astype(bool), a, b), new, old)
@@ -135,7 +124,8 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     seeded with it; the loss is not). `bubble_fill` is what empty buffers and idle sends hold; set
     it to NaN to prove that nothing computed in a bubble reaches the result."""
     P, V, M, G = schedule.P, schedule.V, schedule.M, schedule.num_chunks
-    pl = plan(pack(schedule))
+    packed = pack(schedule)
+    pl = plan(packed)
     B, T1 = batch_BxT1.shape
     mb = B // M
     # Microbatch m = rows b with b % M == m: each data shard's rows stay on that shard.
@@ -249,7 +239,7 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     )
     # One scan per run of ticks of the same kind (forward-only, backward-only, both).
     carry = carry0
-    for start, stop, do_f, do_b in _segments(pl.tables):
+    for start, stop, do_f, do_b in segments(packed):
         seg = {k: jnp.asarray(v[start:stop]) for k, v in pl.tables.items()}
         carry, _ = jax.lax.scan(lambda c, tb, f=do_f, b=do_b: tick(c, tb, f, b), carry, seg)
     g_layers, g_head, g_embed, loss = carry[5], carry[6], carry[7], carry[8]

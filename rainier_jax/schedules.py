@@ -210,6 +210,18 @@ def pack(s: Schedule) -> Schedule:
     return dataclasses.replace(s, fwd=np.stack(fwd_rows), bwd=np.stack(bwd_rows))
 
 
+def segments(s: Schedule) -> list[tuple[int, int, bool, bool]]:
+    """Maximal runs of ticks with the same (any forward, any backward): the pipeline executor
+    compiles one scan per run, and the performance model counts its collectives by them."""
+    kinds = list(zip((s.fwd[:, :, 0] != IDLE).any(axis=1).tolist(), (s.bwd[:, :, 0] != IDLE).any(axis=1).tolist()))
+    runs, start = [], 0
+    for t in range(1, len(kinds) + 1):
+        if t == len(kinds) or kinds[t] != kinds[start]:
+            runs.append((start, t, *kinds[start]))
+            start = t
+    return runs
+
+
 def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None) -> None:
     """Bad pipeline settings → one line naming the flag and the fix."""
     if P < 1:

@@ -98,8 +98,11 @@ class Program:
 
 
 def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig,
-                  policy: Policy | None = None) -> Program:
-    """`policy` defaults to `run.precision`'s preset (tests pass variants, e.g. another loss scale)."""
+                  policy: Policy | None = None, *, compiler_options: dict | None = None,
+                  with_eval: bool = True) -> Program:
+    """`policy` defaults to `run.precision`'s preset (tests pass variants, e.g. another loss scale).
+    `compiler_options` go to the step's compile (e.g. an HLO dump); `with_eval=False` skips the
+    eval program (`eval_loss` is then None) for callers that only inspect the step."""
     policy = policy or run.policy
     compute = numerics.Compute(policy)
     tx = make_optimizer(run)
@@ -210,9 +213,9 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
 
     t0 = time.perf_counter()
     step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                   donate_argnums=0).lower(state_abs, batch_abs).compile()
+                   donate_argnums=0).lower(state_abs, batch_abs).compile(compiler_options)
     eval_loss = jax.jit(eval_fn, in_shardings=(state_sh, eval_sh), out_shardings=repl
-                        ).lower(state_abs, evals_abs).compile()
+                        ).lower(state_abs, evals_abs).compile() if with_eval else None
     compile_seconds = time.perf_counter() - t0
     grads = jax.jit(grads_fn, in_shardings=(state_sh, batch_sh), out_shardings=(repl, param_sh))
     return Program(mesh, layout, model, run, policy, state_sh, state_abs, batch_sh, lambda: init_jit(key), from_jit,

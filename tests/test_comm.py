@@ -43,10 +43,25 @@ def test_ring_formula_for_large_messages():
     p = comm.price(INSTANCE, "all-reduce", S, group)
     torus = INSTANCE.links["torus"]
     B = torus.bytes_per_s / 2        # per_direction = false: one direction is half
+    B *= 2                           # the ring runs both directions, half the buffer each way
     assert p.algorithm == "ring" and p.link == "torus"
     assert p.seconds == pytest.approx(2 * 3 * (torus.latency_s + S / (4 * B)))
     ag = comm.price(INSTANCE, "all-gather", S, group)
     assert ag.seconds == pytest.approx(3 * (torus.latency_s + S / (4 * B)))
+
+
+def test_ring_paths_use_every_link_of_a_whole_torus():
+    """A row of the torus is one cycle (both directions: ×2); a group over all 16 chips runs two
+    edge-disjoint Hamiltonian cycles (×4); ranks of one chip share HBM (×1)."""
+    assert comm.ring_paths(INSTANCE, [0, 4, 8, 12]) == 2
+    assert comm.ring_paths(INSTANCE, list(range(0, 64, 4))) == 4
+    assert comm.ring_paths(INSTANCE, list(range(64))) == 4
+    assert comm.ring_paths(INSTANCE, [0, 1, 2, 3]) == 1
+    assert comm.ring_paths(ULTRA, [0, 64, 128, 192]) == 2
+    big = comm.price(INSTANCE, "all-reduce", 2 ** 30, list(range(0, 64, 4)))
+    torus = INSTANCE.links["torus"]
+    assert big.algorithm == "ring"
+    assert big.seconds == pytest.approx(2 * 15 * (torus.latency_s + 2 ** 30 / (16 * 4 * torus.bytes_per_s / 2)))
 
 
 def test_small_messages_take_a_latency_optimal_algorithm():

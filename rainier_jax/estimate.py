@@ -1,0 +1,396 @@
+"""The analytic performance model: HBM per rank, FLOPs, every collective priced on the topology,
+pipeline bubble, step time and MFU for one (model, mesh, layout, run) — from dimensions alone, in
+milliseconds, no JAX. `docs/PERFMODEL.md` states every formula and where each constant comes from.
+
+Two **recipes** say which program is being estimated; they differ only in what crosses the links
+and what is held:
+
+* `nxd` (default) — the program a production Trainium stack (neuronx-distributed) runs for the
+  layout: Megatron tensor parallelism with fused q/k/v and gate/up projections (2 all-reduces per
+  layer forward, 2 backward), sequence parallelism (each all-reduce becomes a reduce-scatter plus
+  an all-gather, the same ring time; saved layer inputs split over tp), flash attention (no T×T
+  scores held), activations in the compute dtype, gradients accumulated locally over microbatches
+  and reduced once per step, pipeline stages idle in the bubble.
+* `rainier` — the program rainier's GSPMD train step sends, as read from its partitioned HLO
+  (`tests/test_estimate.py` checks it against the compiled step): one tp all-reduce per
+  column-parallel matmul input gradient (q, k, v, gate, up), the residual stream in fp32, and
+  gradients reduced over the data axes every microbatch.
+
+Time: step = compute / (1 − bubble) + Σ collectives, with no overlap of communication and
+compute (a conservative choice; docs/PERFMODEL.md). Compute is the rank's matmul FLOPs (recompute
+included) at the chip generation's peak times its calibrated efficiency (`calibration.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from rainier_jax import calibration, comm, flops
+from rainier_jax.layout import AXES, ParallelLayout, place
+from rainier_jax.model_config import ModelConfig
+from rainier_jax.perfmodel import params_per_rank, state_bytes_per_rank
+from rainier_jax.precision import Policy
+from rainier_jax.run_config import RunConfig
+from rainier_jax.schedules import build_schedule, pack, segments
+from rainier_jax.topology import Topology
+
+RECIPES = ("nxd", "rainier")
+_DTYPE_KEY = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comm:
+    """One family of identical collectives in a step."""
+    what: str                 # e.g. "tp: layer activations"
+    kind: str                 # comm.KINDS
+    axes: tuple[str, ...]     # parallel axes of the groups
+    nbytes: int               # per rank per execution (the full buffer, as comm.price takes it)
+    runs: int                 # executions per step on one rank
+    priced: comm.Priced
+
+    @property
+    def seconds(self) -> float:
+        return self.runs * self.priced.seconds
+
+    @property
+    def total_bytes(self) -> int:
+        return self.runs * self.nbytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Bytes on the busiest rank."""
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int      # saved for the backward, over the microbatches in flight
+    temporaries: int      # the working set of one layer's backward plus the logits
+    capacity: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations + self.temporaries
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    model: ModelConfig
+    topo: Topology
+    layout: ParallelLayout
+    run: RunConfig
+    recipe: str
+    memory: Memory
+    model_flops: float            # per step, all ranks (the MFU numerator)
+    rank_flops: float             # matmul FLOPs the busiest rank executes per step
+    compute_s: float
+    bubble: float
+    comms: tuple[Comm, ...]
+    step_time_s: float
+    mfu: float
+    peak_dtype: str
+
+    @property
+    def comm_s(self) -> float:
+        return sum(c.seconds for c in self.comms)
+
+    @property
+    def bubble_s(self) -> float:
+        return self.compute_s * self.bubble / (1 - self.bubble)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.run.batch * self.run.seq / self.step_time_s
+
+    @property
+    def seq_per_s(self) -> float:
+        return self.run.batch / self.step_time_s
+
+    def comm_by_axis(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self.comms:
+            key = "×".join(c.axes)
+            out[key] = out.get(key, 0.0) + c.seconds
+        return out
+
+    def as_json(self) -> dict:
+        m = self.memory
+        return {
+            "model": self.model.name, "mesh": self.topo.name, "nodes": self.topo.nodes, "ranks": self.topo.num_ranks,
+            "parallel": str(self.layout), "batch": self.run.batch, "seq": self.run.seq,
+            "microbatches": self.run.microbatches, "schedule": self.run.schedule,
+            "virtual_stages": self.run.virtual_stages, "precision": self.run.precision, "remat": self.run.remat,
+            "zero1": self.run.zero1, "recipe": self.recipe,
+            "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "seq_per_s": self.seq_per_s,
+            "mfu": self.mfu, "hbm_per_rank_bytes": m.total, "hbm_capacity_bytes": m.capacity, "fits": m.fits,
+            "hbm": {"weights": m.weights, "grads": m.grads, "optimizer": m.optimizer,
+                    "activations": m.activations, "temporaries": m.temporaries},
+            "model_flops_per_step": self.model_flops, "rank_flops_per_step": self.rank_flops,
+            "compute_s": self.compute_s, "bubble": self.bubble, "bubble_s": self.bubble_s, "comm_s": self.comm_s,
+            "peak_dtype": self.peak_dtype,
+            "collectives": [{"what": c.what, "kind": c.kind, "axes": list(c.axes), "bytes": c.nbytes,
+                             "runs": c.runs, "link": c.priced.link, "algorithm": c.priced.algorithm,
+                             "group_size": c.priced.group_size, "seconds": c.seconds} for c in self.comms],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: the groups of each axis (or combination of axes) under the placement
+
+
+@functools.lru_cache(maxsize=256)
+def _placement(topo: Topology, layout: ParallelLayout) -> np.ndarray:
+    return place(layout, topo)
+
+
+def axes_groups(placement: np.ndarray, layout: ParallelLayout, axes: tuple[str, ...]) -> list[list[int]]:
+    """The rank groups spanning `axes` together (e.g. ("dp", "fsdp")), each in axis order."""
+    idx = [AXES.index(a) for a in axes]
+    moved = np.moveaxis(placement, idx, list(range(-len(idx), 0)))
+    size = math.prod(getattr(layout, a) for a in axes)
+    return moved.reshape(-1, size).tolist()
+
+
+@functools.lru_cache(maxsize=4096)
+def _price(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...], kind: str, nbytes: int,
+           efficiency: float) -> comm.Priced:
+    groups = axes_groups(_placement(topo, layout), layout, axes)
+    if kind == "collective-permute":
+        # Stage p sends to p+1: price the hop of one pair, every pp group sending at once.
+        return comm.price(topo, kind, nbytes, groups[0], groups=groups, efficiency=efficiency)
+    return comm.price(topo, kind, nbytes, groups[0], groups=groups, efficiency=efficiency)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def _kv_split(cfg: ModelConfig, tp: int) -> bool:
+    return cfg.n_kv_heads % tp == 0
+
+
+def _layer_weights(cfg: ModelConfig, tp: int) -> dict[str, int]:
+    """Elements of one layer's matrices on one tensor-parallel shard (whole over fsdp)."""
+    D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+    g = G // tp if _kv_split(cfg, tp) else G
+    return {"wq": D * H * K // tp, "wk": D * g * K, "wv": D * g * K, "wo": H * K * D // tp,
+            "w_gate": D * F // tp, "w_up": D * F // tp, "w_down": F * D // tp}
+
+
+def _rank_flops(cfg: ModelConfig, layout: ParallelLayout, run: RunConfig, rows: int, recipe: str) -> float:
+    """Matmul FLOPs of the busiest rank per step: the step's hardware FLOPs split over the ranks,
+    plus the k/v projections every tp rank repeats when tp exceeds the kv heads. A causal flash
+    attention kernel (`nxd`) skips the blocks above the diagonal: half of every T×T product."""
+    total = flops.hardware_flops(cfg, batch=run.batch, seq=run.seq, remat=run.remat) / layout.size
+    if recipe == "nxd":
+        dots = flops.layer_dots(cfg, run.seq)
+        executed = 3 * dots.attention + {"full": dots.attention, "selective": dots.attention / 2, "none": 0}[run.remat]
+        total -= executed / 2 * cfg.n_layers * run.batch * run.seq / layout.size
+    if layout.tp > 1 and not _kv_split(cfg, layout.tp):
+        # Each rank computes k/v for the kv heads its query heads use: all G of them in rainier
+        # (the kv weights are kept whole), one in nxd (kv heads replicated tp/G times).
+        heads = cfg.n_kv_heads if recipe == "rainier" else 1
+        kv = 2.0 * cfg.d_model * 2 * heads * cfg.head_dim                  # forward, per token per layer
+        passes = 3 + (1 if run.remat == "full" else 0)                      # fwd, 2 bwd, recompute
+        share = cfg.n_kv_heads / layout.tp / heads                          # what hardware_flops counted
+        total += kv * (1 - share) * passes * cfg.n_layers / layout.pp * rows * run.seq
+    return total
+
+
+def _memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
+            recipe: str, in_flight: int) -> Memory:
+    state = state_bytes_per_rank(cfg, layout, policy, zero1=run.zero1)
+    D, H, G, K, F, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size)
+    tp, T = layout.tp, run.seq
+    mb = run.batch // (layout.data_size * run.microbatches)
+    tok = mb * T
+    act = _BYTES[policy.compute_dtype]
+    resid = act if recipe == "nxd" else 4           # rainier keeps the residual stream in fp32
+    g = G // tp if _kv_split(cfg, tp) else G
+    sp = tp if recipe == "nxd" else 1               # sequence parallelism splits [T, D] tensors
+    scores = 0 if recipe == "nxd" else 2 * (H // tp) * T * T * 4   # fp32 scores and probabilities
+    # One layer's intermediates on one microbatch: normed inputs, q/k/v, attention output,
+    # residual, gate/up/product, and (without flash attention) the scores.
+    full_layer = tok * (2 * D * resid // sp + (H + 2 * g) * K // tp * act + H * K // tp * act
+                        + D * resid // sp + 3 * F // tp * act) + mb * scores
+    saved = {"full": tok * D * resid // sp,
+             "selective": tok * (D * resid // sp + (H + 2 * g) * K // tp * act + H * K // tp * act
+                                 + D * resid // sp + 2 * F // tp * act),
+             "none": full_layer}[run.remat]
+    layers_held = cfg.n_layers // layout.pp
+    activations = saved * layers_held * in_flight
+    # Working set: one layer's intermediates and their gradients during its backward, plus the
+    # fp32 logits and their gradient for the microbatch (vocabulary split over tp).
+    temporaries = 2 * full_layer + 2 * tok * (V // tp) * 4
+    return Memory(state["weights"], state["grads"], state["optimizer"], int(activations), int(temporaries),
+                  topo.hbm_bytes_per_rank)
+
+
+class _Step:
+    """What `_nxd_comms` and `_rainier_comms` share: sizes of the step and a list to add to."""
+
+    def __init__(self, cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
+                 recipe: str, eff: float):
+        self.cfg, self.topo, self.layout, self.run, self.eff = cfg, topo, layout, run, eff
+        self.M = run.microbatches
+        self.tok = run.batch // (layout.data_size * self.M) * run.seq      # tokens of one microbatch
+        self.Lr = cfg.n_layers // layout.pp                                 # layers on one rank
+        self.wbytes = policy.param_bytes                                    # weights at rest, gradients
+        self.cbytes = _BYTES[policy.compute_dtype]
+        self.layer_w = _layer_weights(cfg, layout.tp)
+        self.vocab = cfg.vocab_size // layout.tp * cfg.d_model              # embedding (or head) elements per tp shard
+        self.full = run.remat == "full"
+        self.out: list[Comm] = []
+
+    def add(self, what: str, kind: str, axes: tuple[str, ...], nbytes: float, runs: float) -> None:
+        axes = tuple(a for a in axes if getattr(self.layout, a) > 1)
+        if not axes or runs <= 0 or nbytes <= 0:
+            return
+        nbytes = int(nbytes)
+        self.out.append(Comm(what, kind, axes, nbytes, int(runs),
+                             _price(self.topo, self.layout, axes, kind, nbytes, self.eff)))
+
+
+def _nxd_comms(s: _Step) -> None:
+    """neuronx-distributed's program (module docstring): per microbatch, 2 tp collectives per layer
+    forward and 2 backward (2 more when the whole layer is recomputed), in the compute dtype;
+    gradients reduced once per step."""
+    cfg, layout, run = s.cfg, s.layout, s.run
+    A = s.tok * cfg.d_model * s.cbytes
+    passes = s.M * s.Lr
+    layer_bytes = sum(s.layer_w.values()) * s.wbytes
+    s.add("tp: layer activations (sequence-parallel; the ring time of an all-reduce)", "all-reduce", ("tp",), A,
+          (4 + (2 if s.full else 0)) * passes)
+    s.add("tp: embedding output and head input gradient", "all-reduce", ("tp",), A, 2 * s.M)
+    s.add("fsdp: layer weight all-gathers (forward, backward)", "all-gather", ("fsdp",), layer_bytes,
+          (2 + (1 if s.full else 0)) * passes)
+    s.add("fsdp: embedding and head all-gathers", "all-gather", ("fsdp",), s.vocab * s.wbytes,
+          s.M * (1 if cfg.tie_embeddings else 2))
+    s.add("fsdp: layer gradient reduce-scatters", "reduce-scatter", ("fsdp",), layer_bytes, s.Lr)
+    grads = params_per_rank(cfg, layout) * s.wbytes
+    if run.zero1:
+        s.add("dp: gradient reduce-scatter (ZeRO-1)", "reduce-scatter", ("dp",), grads, 1)
+        s.add("dp: updated weights all-gather (ZeRO-1)", "all-gather", ("dp",), grads, 1)
+    else:
+        s.add("dp: gradient all-reduce", "all-reduce", ("dp",), grads, 1)
+    s.add("pp: stage-to-stage activations and gradients", "collective-permute", ("pp",), A,
+          2 * s.M * run.virtual_stages)
+
+
+def _rainier_comms(s: _Step) -> None:
+    """rainier's GSPMD program, as its partitioned HLO shows it (tests/test_estimate.py)."""
+    cfg, layout, run = s.cfg, s.layout, s.run
+    D, tp, fsdp = cfg.d_model, layout.tp, layout.fsdp
+    A = s.tok * D * 4                                   # the residual stream is fp32
+    kv_split = _kv_split(cfg, tp)
+    n_col = (3 if kv_split else 1) + 2                  # column-parallel matmuls with a partial input gradient
+    matrices = sum(s.layer_w.values())
+    head = 0 if cfg.tie_embeddings else s.vocab
+    if layout.pp > 1 or s.M > 1:
+        # The pipeline executor (pipeline.py) runs lock-step ticks: every tick with a forward
+        # (backward) anywhere runs one chunk forward (backward) on every device, idle or not.
+        # Its backward takes the VJP of the chunk from the stashed input: the chunk's forward
+        # again (2 tp all-reduces and the weights per layer), the remat recompute (1), the
+        # column-parallel input gradients; it also regathers the embedding for its VJP, and
+        # every tick's gradients are reduced at once (the accumulators are not split over dp).
+        runs = segments(pack(build_schedule(run.schedule, layout.pp, s.M, run.virtual_stages)))
+        f_ticks = sum(stop - start for start, stop, f, _ in runs if f)
+        b_ticks = sum(stop - start for start, stop, _, b in runs if b)
+        # Each tick rolls the activation and the gradient sends around the pp ring, except the
+        # activation roll of the runs after the last forward (its result is never read).
+        last_f = max(i for i, r in enumerate(runs) if r[2])
+        permutes = sum((stop - start) * (1 + (i <= last_f)) for i, (start, stop, _, _) in enumerate(runs))
+        Lc = cfg.n_layers // (layout.pp * run.virtual_stages)
+        fwd, bwd = f_ticks * Lc, b_ticks * Lc
+        per_bwd_tp, per_bwd_gathers, regather_mlp = 3 + n_col, 2, True
+        embeds, heads, embed_gathers = f_ticks, b_ticks, f_ticks + b_ticks
+        # The embedding's gradient accumulator is split like the moments (over fsdp, and dp
+        # with ZeRO-1), so every tick reduce-scatters into it.
+        embed_grad = ("reduce-scatter" if fsdp > 1 or run.zero1 else "all-reduce", b_ticks)
+    else:
+        fwd = bwd = s.Lr
+        per_bwd_tp, per_bwd_gathers, regather_mlp = (1 if s.full else 0) + n_col, 1, s.full
+        embeds = heads = embed_gathers = 1
+        embed_grad = ("all-reduce", 1)
+    s.add("tp: layer activations (2 forward; backward: recompute, 1 per column-parallel input gradient)",
+          "all-reduce", ("tp",), A, 2 * fwd + per_bwd_tp * bwd)
+    s.add("tp: embedding output and head input gradient", "all-reduce", ("tp",), A, embeds + heads)
+    s.add("tp: cross-entropy reductions over the vocabulary", "all-reduce", ("tp",), s.tok * 4, 4 * heads)
+    if tp > 1 and not kv_split:
+        s.add("tp: k/v weight gradients (kv heads whole on every tp rank)", "all-reduce", ("tp",),
+              (s.layer_w["wk"] + s.layer_w["wv"]) * 4, bwd)
+    # Layer weights are gathered in the compute dtype (cast before the gather); XLA shares the
+    # attention weights' gathers between the recompute and the backward, not the gate/up ones.
+    s.add("fsdp: layer weight all-gathers", "all-gather", ("fsdp",), matrices * s.cbytes, fwd + per_bwd_gathers * bwd)
+    if regather_mlp:
+        s.add("fsdp: gate/up weight all-gathers (recompute)", "all-gather", ("fsdp",),
+              (s.layer_w["w_gate"] + s.layer_w["w_up"]) * s.cbytes, bwd)
+    s.add("fsdp: embedding and head all-gathers", "all-gather", ("fsdp",), s.vocab * s.wbytes,
+          embed_gathers + (heads if head else 0))
+    s.add("fsdp: layer gradient reduce-scatters", "reduce-scatter", ("fsdp",), matrices * s.wbytes, bwd)
+    s.add("fsdp: head gradient reduce-scatter", "reduce-scatter", ("fsdp",), head * s.wbytes, heads)
+    # Weights split over fsdp are reduced over dp after their fsdp reduce-scatter; weights whole
+    # over fsdp (norms; the embedding, whose gradient is a scatter-add) over dp and fsdp together.
+    grad_kind = "reduce-scatter" if run.zero1 else "all-reduce"
+    s.add("dp: layer weight gradients", grad_kind, ("dp",), matrices * s.wbytes // fsdp, bwd)
+    s.add("dp: head gradient", grad_kind, ("dp",), head * s.wbytes // fsdp, heads)
+    norms = ("dp",) if run.zero1 else ("dp", "fsdp")
+    s.add("dp×fsdp: layer norm gradients", grad_kind, norms, 2 * D * s.wbytes, bwd)
+    s.add("dp×fsdp: final norm gradient", grad_kind, norms, D * s.wbytes, heads)
+    s.add("dp×fsdp: embedding gradient", embed_grad[0], ("dp", "fsdp"), s.vocab * s.wbytes, embed_grad[1])
+    if run.zero1:
+        s.add("dp: updated weights all-gather (ZeRO-1)", "all-gather", ("dp",),
+              params_per_rank(cfg, layout) * s.wbytes, 1)
+    if layout.pp > 1:
+        # Stage boundaries carry the embedding's dtype: the compute dtype.
+        s.add("pp: stage-to-stage activations and gradients", "collective-permute", ("pp",),
+              s.tok * D * s.cbytes, permutes)
+        # The per-stage accumulators of the weights outside the layer stack are summed over pp:
+        # the embedding twice (its own accumulator and the head's VJP's, zero), head, final norm.
+        # With ZeRO-1 they are summed after the dp reduce-scatter, on 1/dp of each.
+        outside = (cfg.vocab_size * D * (2 if cfg.tie_embeddings else 3) // tp // fsdp + D) * 4
+        outside //= layout.dp if run.zero1 else 1
+        s.add("pp: embedding, head and final-norm gradients", "all-reduce", ("pp",), outside, 1)
+
+
+def _comms(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
+           recipe: str, eff: float) -> list[Comm]:
+    s = _Step(cfg, topo, layout, run, policy, recipe, eff)
+    (_nxd_comms if recipe == "nxd" else _rainier_comms)(s)
+    return s.out
+
+
+def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, *,
+             recipe: str = "nxd") -> Estimate:
+    """The analytic estimate for a validated layout (layout.validate_all) on `topo`."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}: one of {', '.join(RECIPES)}")
+    policy = run.policy
+    eff = calibration.for_generation(topo.generation)
+    peak_dtype = "fp8" if policy.fp8 else _DTYPE_KEY[policy.compute_dtype]
+    peak = topo.peak_flops_per_rank.get(peak_dtype, topo.peak_flops_per_rank["bf16"])
+    rows = run.batch // layout.data_size             # sequences one rank computes per step
+    rank_flops = _rank_flops(cfg, layout, run, rows, recipe)
+    compute_s = rank_flops / (peak * eff.compute)
+    if layout.pp > 1:
+        schedule = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+        bubble = schedule.bubble()
+        in_flight = max(schedule.peak_in_flight())
+        in_flight_layers = in_flight / run.virtual_stages   # a chunk holds 1/V of the stage's layers
+    else:
+        bubble, in_flight_layers = 0.0, 1
+    memory = _memory(cfg, topo, layout, run, policy, recipe, in_flight_layers)
+    comms = tuple(_comms(cfg, topo, layout, run, policy, recipe, eff.links))
+    step = compute_s / (1 - bubble) + sum(c.seconds for c in comms)
+    model = flops.model_flops(cfg, batch=run.batch, seq=run.seq)
+    mfu = model / (step * topo.num_ranks * peak)
+    return Estimate(cfg, topo, layout, run, recipe, memory, model, rank_flops, compute_s, bubble, comms, step,
+                    mfu, peak_dtype)
