@@ -1,5 +1,5 @@
 """`rainier` command line: the parser, `mesh show`, `mesh list`, `schedule`, and dispatch to
-`train` (cli_train.py) and `parity` (cli_parity.py).
+`train` (cli_train.py), `parity` (cli_parity.py), `estimate` and `plan` (cli_estimate.py).
 
 Every command reads the mesh file first, validates every input, and only then sets the number of
 emulated CPU devices and lets JAX start (cli_common.start_jax). Bad input is one line on stderr and
@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rainier_jax.cli_common import DEFAULT_MESH, DEFAULT_MODEL
+from rainier_jax.cli_estimate import add_estimate_parser
 from rainier_jax.cli_parity import cmd_parity
 from rainier_jax.cli_train import cmd_train
 from rainier_jax.config import ConfigError, builtin_names
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--report", default=None,
                     help="directory for report.json and PNG plots (with --matrix: one subdirectory per layout)")
     pa.set_defaults(func=cmd_parity)
+
+    add_estimate_parser(sub, _add_mesh_flags, _add_pipeline_flags)
 
     sc = sub.add_parser("schedule", help="print a pipeline schedule's timeline, bubble and memory")
     sc.add_argument("--schedule", required=True, help="gpipe, 1f1b or interleaved")

@@ -33,6 +33,7 @@ messages, RDH in between, ring for large: TRAINIUM_FACTS.md). No JAX here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from rainier_jax.layout import LINK_ORDER
@@ -95,25 +96,25 @@ def _ring(kind: str, n: int, S: float, a: float, B: float) -> float:
     return steps * (a + S / (n * B))
 
 
-def _rdh(kind: str, topo: Topology, group: list[int], S: float, a: float, B: float) -> float | None:
+def _rdh_hops(topo: Topology, group: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Chip-to-chip hops to the partner of each recursive halving/doubling step (n a power of 2)."""
     n = len(group)
     if n & (n - 1):
         return None
-    t = 0.0
-    for k in range(int(math.log2(n))):
-        hops = max(_hops(topo, group[i], group[i ^ (1 << k)]) for i in range(n))
-        t += hops * (a + (S / 2 ** (k + 1)) / B)
+    return tuple(max(_hops(topo, group[i], group[i ^ (1 << k)]) for i in range(n)) for k in range(int(math.log2(n))))
+
+
+def _rdh(kind: str, hops: tuple[int, ...], S: float, a: float, B: float) -> float:
+    t = sum(h * (a + (S / 2 ** (k + 1)) / B) for k, h in enumerate(hops))
     return 2 * t if kind == "all-reduce" else t
 
 
-def _mesh(kind: str, topo: Topology, group: list[int], S: float, a: float, B: float) -> float:
-    n = len(group)
-    hops = [_hops(topo, group[0], r) for r in group[1:]]
-    phase = a * max(hops) + (n - 1) / n * S * (sum(hops) / len(hops)) / B
+def _mesh(kind: str, n: int, max_hops: int, mean_hops: float, S: float, a: float, B: float) -> float:
+    phase = a * max_hops + (n - 1) / n * S * mean_hops / B
     return 2 * phase if kind == "all-reduce" else phase
 
 
-def _domains(topo: Topology, group: list[int]) -> list[list[int]]:
+def _domains(topo: Topology, group) -> list[list[int]]:
     """The group's members per instance (or per node, when it spans nodes), in group order."""
     key = (lambda r: topo.coord(r).node) if len({topo.coord(r).node for r in group}) > 1 \
         else (lambda r: topo.coord(r).instance)
@@ -123,35 +124,72 @@ def _domains(topo: Topology, group: list[int]) -> list[list[int]]:
     return list(out.values())
 
 
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    """Everything about a group on the topology that the formulas need, computed once per group
+    (the planner prices thousands of collectives over the same few hundred groups)."""
+    n: int
+    cls: LinkClass
+    bandwidth: float               # per rank, efficiency 1, sharers accounted
+    paths: int                     # R of the ring formula
+    permute_hops: int
+    rdh_hops: tuple[int, ...] | None
+    mesh_max_hops: int
+    mesh_mean_hops: float
+    inner: "_Geometry | None"      # hierarchical: within an instance (or node) …
+    outer: "_Geometry | None"      # … and across them
+
+
+@functools.lru_cache(maxsize=8192)
+def _geometry(topo: Topology, group: tuple[int, ...], groups: tuple[tuple[int, ...], ...]) -> _Geometry:
+    cls = group_link(topo, list(group))
+    n = len(group)
+    hops = [_hops(topo, group[0], r) for r in group[1:]]
+    inner = outer = None
+    domains = _domains(topo, group)
+    if len(domains) > 1 and len({len(d) for d in domains}) == 1 and len(domains[0]) > 1:
+        split = [_domains(topo, g) for g in groups]
+        inner = _geometry(topo, tuple(domains[0]), tuple(tuple(d) for ds in split for d in ds))
+        outer = _geometry(topo, tuple(d[0] for d in domains),
+                          tuple(tuple(d[i] for d in ds) for ds in split for i in range(len(domains[0]))))
+    return _Geometry(
+        n=n, cls=cls, bandwidth=bandwidth(topo, cls, sharers(topo, [list(g) for g in groups], list(group))),
+        paths=1 if cls.name == "efa" else ring_paths(topo, list(group)),
+        permute_hops=max(_hops(topo, group[i], group[(i + 1) % n]) for i in range(n)),
+        rdh_hops=_rdh_hops(topo, group), mesh_max_hops=max(hops), mesh_mean_hops=sum(hops) / len(hops),
+        inner=inner, outer=outer)
+
+
+def _options(g: _Geometry, kind: str, S: float, efficiency: float) -> dict[str, float]:
+    """Seconds of each applicable algorithm."""
+    B, a = g.bandwidth * efficiency, g.cls.latency_s
+    if kind == "collective-permute":
+        return {"permute": g.permute_hops * a + S / B}
+    if kind == "all-to-all":
+        return {"mesh": _mesh("all-gather", g.n, g.mesh_max_hops, g.mesh_mean_hops, S, a, B)}
+    options = {"ring": _ring(kind, g.n, S, a, B * g.paths),
+               "mesh": _mesh(kind, g.n, g.mesh_max_hops, g.mesh_mean_hops, S, a, B)}
+    if g.rdh_hops is not None:
+        options["rdh"] = _rdh(kind, g.rdh_hops, S, a, B)
+    if g.inner is not None:
+        fast = min(_options(g.inner, "all-gather" if kind == "all-gather" else "reduce-scatter", S,
+                            efficiency).values())
+        across = min(_options(g.outer, kind, S / g.inner.n, efficiency).values())
+        options["hierarchical"] = fast + across + (fast if kind == "all-reduce" else 0.0)
+    return options
+
+
 def price(topo: Topology, kind: str, nbytes: float, group: list[int], *, groups: list[list[int]] | None = None,
           efficiency: float = 1.0) -> Priced:
     """The time of one collective of `kind` over `group` moving `nbytes` (module docstring);
     `groups` are all the groups running it at once (default: just this one)."""
     if kind not in KINDS:
         raise ValueError(f"collective {kind!r}: one of {', '.join(KINDS)}")
-    groups = groups or [group]
-    cls = group_link(topo, group)
-    B = bandwidth(topo, cls, sharers(topo, groups, group), efficiency)
-    a = cls.latency_s
-    n, S = len(group), float(nbytes)
-    if kind == "collective-permute":
-        hops = max(_hops(topo, group[i], group[(i + 1) % n]) for i in range(n))
-        return Priced(kind, n, int(nbytes), cls.name, "permute", hops * a + S / B)
-    if kind == "all-to-all":
-        return Priced(kind, n, int(nbytes), cls.name, "mesh", _mesh("all-gather", topo, group, S, a, B))
-    paths = 1 if cls.name == "efa" else ring_paths(topo, group)
-    options = {"ring": _ring(kind, n, S, a, B * paths), "mesh": _mesh(kind, topo, group, S, a, B)}
-    rdh = _rdh(kind, topo, group, S, a, B)
-    if rdh is not None:
-        options["rdh"] = rdh
-    domains = _domains(topo, group)
-    if len(domains) > 1 and len({len(d) for d in domains}) == 1 and len(domains[0]) > 1:
-        inner, outer = domains[0], [d[0] for d in domains]
-        split = [_domains(topo, g) for g in groups]
-        fast = price(topo, "all-gather" if kind == "all-gather" else "reduce-scatter", S, inner,
-                     groups=[d for ds in split for d in ds], efficiency=efficiency).seconds
-        across = price(topo, kind, S / len(inner), outer, efficiency=efficiency,
-                       groups=[[d[i] for d in ds] for ds in split for i in range(len(inner))]).seconds
-        options["hierarchical"] = fast + across + (fast if kind == "all-reduce" else 0.0)
+    group = tuple(int(r) for r in group)
+    if len(set(group)) < 2:
+        raise ValueError(f"group {list(group)}: needs two distinct ranks")
+    groups = tuple(tuple(int(r) for r in g) for g in groups) if groups else (group,)
+    g = _geometry(topo, group, groups)
+    options = _options(g, kind, float(nbytes), efficiency)
     algorithm = min(options, key=options.get)
-    return Priced(kind, n, int(nbytes), cls.name, algorithm, options[algorithm])
+    return Priced(kind, g.n, int(nbytes), g.cls.name, algorithm, options[algorithm])

@@ -159,13 +159,16 @@ def axes_groups(placement: np.ndarray, layout: ParallelLayout, axes: tuple[str, 
     return moved.reshape(-1, size).tolist()
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
+def _groups(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    return tuple(map(tuple, axes_groups(_placement(topo, layout), layout, axes)))
+
+
 def _price(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...], kind: str, nbytes: int,
            efficiency: float) -> comm.Priced:
-    groups = axes_groups(_placement(topo, layout), layout, axes)
-    if kind == "collective-permute":
-        # Stage p sends to p+1: price the hop of one pair, every pp group sending at once.
-        return comm.price(topo, kind, nbytes, groups[0], groups=groups, efficiency=efficiency)
+    """Every group of `axes` runs the collective at once; pp permutes are priced on the ring of
+    stages (each stage sends to the next)."""
+    groups = _groups(topo, layout, axes)
     return comm.price(topo, kind, nbytes, groups[0], groups=groups, efficiency=efficiency)
 
 
@@ -180,6 +183,8 @@ def _kv_split(cfg: ModelConfig, tp: int) -> bool:
 def _layer_weights(cfg: ModelConfig, tp: int) -> dict[str, int]:
     """Elements of one layer's matrices on one tensor-parallel shard (whole over fsdp)."""
     D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+    if cfg.arch == "gpt2":
+        return {"w_qkv": D * 3 * D // tp, "wo": D * D // tp, "w_up": D * F // tp, "w_down": F * D // tp}
     g = G // tp if _kv_split(cfg, tp) else G
     return {"wq": D * H * K // tp, "wk": D * g * K, "wv": D * g * K, "wo": H * K * D // tp,
             "w_gate": D * F // tp, "w_up": D * F // tp, "w_down": F * D // tp}
@@ -267,21 +272,22 @@ def _nxd_comms(s: _Step) -> None:
     A = s.tok * cfg.d_model * s.cbytes
     passes = s.M * s.Lr
     layer_bytes = sum(s.layer_w.values()) * s.wbytes
-    s.add("tp: layer activations (sequence-parallel; the ring time of an all-reduce)", "all-reduce", ("tp",), A,
+    s.add("tp: layer activations (sequence parallel: RS + AG)", "all-reduce", ("tp",), A,
           (4 + (2 if s.full else 0)) * passes)
-    s.add("tp: embedding output and head input gradient", "all-reduce", ("tp",), A, 2 * s.M)
-    s.add("fsdp: layer weight all-gathers (forward, backward)", "all-gather", ("fsdp",), layer_bytes,
+    s.add("tp: embedding output, head input gradient", "all-reduce", ("tp",), A, 2 * s.M)
+    s.add("fsdp: layer weights (forward, backward)", "all-gather", ("fsdp",), layer_bytes,
           (2 + (1 if s.full else 0)) * passes)
-    s.add("fsdp: embedding and head all-gathers", "all-gather", ("fsdp",), s.vocab * s.wbytes,
+    s.add("fsdp: embedding and head weights", "all-gather", ("fsdp",), s.vocab * s.wbytes,
           s.M * (1 if cfg.tie_embeddings else 2))
-    s.add("fsdp: layer gradient reduce-scatters", "reduce-scatter", ("fsdp",), layer_bytes, s.Lr)
+    s.add("fsdp: layer gradients", "reduce-scatter", ("fsdp",), layer_bytes, s.Lr)
     grads = params_per_rank(cfg, layout) * s.wbytes
     if run.zero1:
-        s.add("dp: gradient reduce-scatter (ZeRO-1)", "reduce-scatter", ("dp",), grads, 1)
-        s.add("dp: updated weights all-gather (ZeRO-1)", "all-gather", ("dp",), grads, 1)
+        s.add("dp: gradients (ZeRO-1)", "reduce-scatter", ("dp",), grads, 1)
+        s.add("dp: updated weights (ZeRO-1)", "all-gather", ("dp",), grads, 1)
     else:
         s.add("dp: gradient all-reduce", "all-reduce", ("dp",), grads, 1)
-    s.add("pp: stage-to-stage activations and gradients", "collective-permute", ("pp",), A,
+    # With sequence parallelism each tp rank sends only its slice of the sequence.
+    s.add("pp: stage-to-stage activations, gradients", "collective-permute", ("pp",), A // layout.tp,
           2 * s.M * run.virtual_stages)
 
 
@@ -320,45 +326,45 @@ def _rainier_comms(s: _Step) -> None:
         per_bwd_tp, per_bwd_gathers, regather_mlp = (1 if s.full else 0) + n_col, 1, s.full
         embeds = heads = embed_gathers = 1
         embed_grad = ("all-reduce", 1)
-    s.add("tp: layer activations (2 forward; backward: recompute, 1 per column-parallel input gradient)",
+    s.add("tp: layer activations (per column-parallel input grad)",
           "all-reduce", ("tp",), A, 2 * fwd + per_bwd_tp * bwd)
-    s.add("tp: embedding output and head input gradient", "all-reduce", ("tp",), A, embeds + heads)
-    s.add("tp: cross-entropy reductions over the vocabulary", "all-reduce", ("tp",), s.tok * 4, 4 * heads)
+    s.add("tp: embedding output, head input gradient", "all-reduce", ("tp",), A, embeds + heads)
+    s.add("tp: cross-entropy reductions", "all-reduce", ("tp",), s.tok * 4, 4 * heads)
     if tp > 1 and not kv_split:
-        s.add("tp: k/v weight gradients (kv heads whole on every tp rank)", "all-reduce", ("tp",),
+        s.add("tp: k/v weight gradients (kv heads whole)", "all-reduce", ("tp",),
               (s.layer_w["wk"] + s.layer_w["wv"]) * 4, bwd)
     # Layer weights are gathered in the compute dtype (cast before the gather); XLA shares the
     # attention weights' gathers between the recompute and the backward, not the gate/up ones.
-    s.add("fsdp: layer weight all-gathers", "all-gather", ("fsdp",), matrices * s.cbytes, fwd + per_bwd_gathers * bwd)
+    s.add("fsdp: layer weights", "all-gather", ("fsdp",), matrices * s.cbytes, fwd + per_bwd_gathers * bwd)
     if regather_mlp:
-        s.add("fsdp: gate/up weight all-gathers (recompute)", "all-gather", ("fsdp",),
+        s.add("fsdp: gate/up weights again (recompute)", "all-gather", ("fsdp",),
               (s.layer_w["w_gate"] + s.layer_w["w_up"]) * s.cbytes, bwd)
-    s.add("fsdp: embedding and head all-gathers", "all-gather", ("fsdp",), s.vocab * s.wbytes,
+    s.add("fsdp: embedding and head weights", "all-gather", ("fsdp",), s.vocab * s.wbytes,
           embed_gathers + (heads if head else 0))
-    s.add("fsdp: layer gradient reduce-scatters", "reduce-scatter", ("fsdp",), matrices * s.wbytes, bwd)
-    s.add("fsdp: head gradient reduce-scatter", "reduce-scatter", ("fsdp",), head * s.wbytes, heads)
+    s.add("fsdp: layer gradients", "reduce-scatter", ("fsdp",), matrices * s.wbytes, bwd)
+    s.add("fsdp: head gradient", "reduce-scatter", ("fsdp",), head * s.wbytes, heads)
     # Weights split over fsdp are reduced over dp after their fsdp reduce-scatter; weights whole
     # over fsdp (norms; the embedding, whose gradient is a scatter-add) over dp and fsdp together.
     grad_kind = "reduce-scatter" if run.zero1 else "all-reduce"
     s.add("dp: layer weight gradients", grad_kind, ("dp",), matrices * s.wbytes // fsdp, bwd)
     s.add("dp: head gradient", grad_kind, ("dp",), head * s.wbytes // fsdp, heads)
     norms = ("dp",) if run.zero1 else ("dp", "fsdp")
-    s.add("dp×fsdp: layer norm gradients", grad_kind, norms, 2 * D * s.wbytes, bwd)
-    s.add("dp×fsdp: final norm gradient", grad_kind, norms, D * s.wbytes, heads)
-    s.add("dp×fsdp: embedding gradient", embed_grad[0], ("dp", "fsdp"), s.vocab * s.wbytes, embed_grad[1])
+    s.add("data axes: layer norm gradients", grad_kind, norms, 2 * D * s.wbytes, bwd)
+    s.add("data axes: final norm gradient", grad_kind, norms, D * s.wbytes, heads)
+    s.add("data axes: embedding gradient", embed_grad[0], ("dp", "fsdp"), s.vocab * s.wbytes, embed_grad[1])
     if run.zero1:
-        s.add("dp: updated weights all-gather (ZeRO-1)", "all-gather", ("dp",),
+        s.add("dp: updated weights (ZeRO-1)", "all-gather", ("dp",),
               params_per_rank(cfg, layout) * s.wbytes, 1)
     if layout.pp > 1:
         # Stage boundaries carry the embedding's dtype: the compute dtype.
-        s.add("pp: stage-to-stage activations and gradients", "collective-permute", ("pp",),
+        s.add("pp: stage-to-stage activations, gradients", "collective-permute", ("pp",),
               s.tok * D * s.cbytes, permutes)
         # The per-stage accumulators of the weights outside the layer stack are summed over pp:
         # the embedding twice (its own accumulator and the head's VJP's, zero), head, final norm.
         # With ZeRO-1 they are summed after the dp reduce-scatter, on 1/dp of each.
         outside = (cfg.vocab_size * D * (2 if cfg.tie_embeddings else 3) // tp // fsdp + D) * 4
         outside //= layout.dp if run.zero1 else 1
-        s.add("pp: embedding, head and final-norm gradients", "all-reduce", ("pp",), outside, 1)
+        s.add("pp: embedding, head, final-norm gradients", "all-reduce", ("pp",), outside, 1)
 
 
 def _comms(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
@@ -368,11 +374,25 @@ def _comms(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunCon
     return s.out
 
 
+def memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, *,
+           recipe: str = "nxd") -> Memory:
+    """HBM of the busiest rank: a pipeline's first stage holds the schedule's peak of microbatch-
+    chunks in flight (each 1/V of the stage's layers); otherwise one microbatch at a time."""
+    if layout.pp > 1:
+        schedule = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+        in_flight = max(schedule.peak_in_flight()) / run.virtual_stages
+    else:
+        in_flight = 1
+    return _memory(cfg, topo, layout, run, run.policy, recipe, in_flight)
+
+
 def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, *,
              recipe: str = "nxd") -> Estimate:
     """The analytic estimate for a validated layout (layout.validate_all) on `topo`."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: one of {', '.join(RECIPES)}")
+    if recipe == "rainier" and cfg.arch != "llama":
+        raise ValueError(f"recipe rainier: rainier builds llama-type programs only, not {cfg.arch}; use recipe nxd")
     policy = run.policy
     eff = calibration.for_generation(topo.generation)
     peak_dtype = "fp8" if policy.fp8 else _DTYPE_KEY[policy.compute_dtype]
@@ -380,17 +400,12 @@ def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunC
     rows = run.batch // layout.data_size             # sequences one rank computes per step
     rank_flops = _rank_flops(cfg, layout, run, rows, recipe)
     compute_s = rank_flops / (peak * eff.compute)
-    if layout.pp > 1:
-        schedule = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
-        bubble = schedule.bubble()
-        in_flight = max(schedule.peak_in_flight())
-        in_flight_layers = in_flight / run.virtual_stages   # a chunk holds 1/V of the stage's layers
-    else:
-        bubble, in_flight_layers = 0.0, 1
-    memory = _memory(cfg, topo, layout, run, policy, recipe, in_flight_layers)
+    bubble = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages).bubble() \
+        if layout.pp > 1 else 0.0
+    mem = memory(cfg, topo, layout, run, recipe=recipe)
     comms = tuple(_comms(cfg, topo, layout, run, policy, recipe, eff.links))
     step = compute_s / (1 - bubble) + sum(c.seconds for c in comms)
     model = flops.model_flops(cfg, batch=run.batch, seq=run.seq)
     mfu = model / (step * topo.num_ranks * peak)
-    return Estimate(cfg, topo, layout, run, recipe, memory, model, rank_flops, compute_s, bubble, comms, step,
+    return Estimate(cfg, topo, layout, run, recipe, mem, model, rank_flops, compute_s, bubble, comms, step,
                     mfu, peak_dtype)

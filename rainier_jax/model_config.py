@@ -153,8 +153,18 @@ def require_trainable(cfg: ModelConfig, flag: str = "--model") -> None:
 
 
 def param_axes(cfg: ModelConfig) -> dict:
-    """Logical name of every parameter dimension (same tree as `param_shapes`)."""
-    require_trainable(cfg)
+    """Logical name of every parameter dimension (same tree as `param_shapes`). gpt2's are for the
+    performance model's byte counts (Megatron's split: fused qkv and up column-parallel, out and
+    down row-parallel); rainier never builds a gpt2 program."""
+    if cfg.arch == "gpt2":
+        return {
+            "embed": ("vocab", "embed"), "positions": (None, "embed"),
+            "layers": {"ln1": ("layers", "norm"), "w_qkv": ("layers", "embed", "heads"), "b_qkv": ("layers", "heads"),
+                       "wo": ("layers", "heads", "embed"), "bo": ("layers", "norm"), "ln2": ("layers", "norm"),
+                       "w_up": ("layers", "embed", "mlp"), "b_up": ("layers", "mlp"),
+                       "w_down": ("layers", "mlp", "embed"), "b_down": ("layers", "norm")},
+            "final_norm": ("norm",),
+        }
     axes = {
         "embed": ("vocab", "embed"),
         "layers": {
