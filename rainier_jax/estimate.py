@@ -97,6 +97,7 @@ class Estimate:
     step_time_s: float
     mfu: float
     peak_dtype: str
+    idle_computed: bool = False   # the bubble is spent computing (counted in compute_s)
 
     @property
     def comm_s(self) -> float:
@@ -104,6 +105,8 @@ class Estimate:
 
     @property
     def bubble_s(self) -> float:
+        if self.idle_computed:
+            return 0.0
         return self.compute_s * self.bubble / (1 - self.bubble)
 
     @property
@@ -194,6 +197,8 @@ def _rank_flops(cfg: ModelConfig, layout: ParallelLayout, run: RunConfig, rows: 
     """Matmul FLOPs of the busiest rank per step: the step's hardware FLOPs split over the ranks,
     plus the k/v projections every tp rank repeats when tp exceeds the kv heads. A causal flash
     attention kernel (`nxd`) skips the blocks above the diagonal: half of every T×T product."""
+    if recipe == "rainier" and (layout.pp > 1 or run.microbatches > 1):
+        return _executor_flops(cfg, layout, run)
     total = flops.hardware_flops(cfg, batch=run.batch, seq=run.seq, remat=run.remat) / layout.size
     if recipe == "nxd":
         dots = flops.layer_dots(cfg, run.seq)
@@ -208,6 +213,33 @@ def _rank_flops(cfg: ModelConfig, layout: ParallelLayout, run: RunConfig, rows: 
         share = cfg.n_kv_heads / layout.tp / heads                          # what hardware_flops counted
         total += kv * (1 - share) * passes * cfg.n_layers / layout.pp * rows * run.seq
     return total
+
+
+def _ticks(run: RunConfig, pp: int) -> tuple[int, int, list]:
+    """(ticks with a forward, ticks with a backward, runs of ticks) of rainier's pipeline executor."""
+    runs = segments(pack(build_schedule(run.schedule, pp, run.microbatches, run.virtual_stages)))
+    return (sum(b - a for a, b, f, _ in runs if f), sum(b - a for a, b, _, bw in runs if bw), runs)
+
+
+def _executor_flops(cfg: ModelConfig, layout: ParallelLayout, run: RunConfig) -> float:
+    """Matmul FLOPs one rank executes in rainier's pipeline executor (pipeline.py): every tick with
+    a forward anywhere runs a chunk forward on every device; every tick with a backward runs the
+    chunk's forward again under `jax.vjp`, the remat recompute inside it, the two backward
+    matmuls, and the head with its loss (forward and backward) — idle slots included. Exact for
+    gradient accumulation (pp = 1); with a pipeline XLA shares or drops some of this work, and
+    the compiled step's dot FLOPs differ by up to about 12 % (docs/PERFMODEL.md)."""
+    tp, T = layout.tp, run.seq
+    tok = run.batch // (layout.data_size * run.microbatches) * T
+    dots = flops.layer_dots(cfg, T)
+    kv = 2.0 * cfg.d_model * 2 * cfg.n_kv_heads * cfg.head_dim
+    layer = (dots.total - kv) / tp + kv / (tp if _kv_split(cfg, tp) else 1)
+    recompute = {"full": layer - dots.down / tp, "selective": dots.attention / 2 / tp, "none": 0.0}[run.remat]
+    head = flops.head_dots(cfg) / tp
+    chunk = cfg.n_layers // (layout.pp * run.virtual_stages)
+    f_ticks, b_ticks, _ = _ticks(run, layout.pp)
+    # With one stage the forward tick's output is never sent, so XLA drops its layers.
+    forward = f_ticks * chunk * layer if layout.pp > 1 else 0.0
+    return tok * (forward + b_ticks * (chunk * (3 * layer + recompute) + 3 * head))
 
 
 def _memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
@@ -307,9 +339,7 @@ def _rainier_comms(s: _Step) -> None:
         # again (2 tp all-reduces and the weights per layer), the remat recompute (1), the
         # column-parallel input gradients; it also regathers the embedding for its VJP, and
         # every tick's gradients are reduced at once (the accumulators are not split over dp).
-        runs = segments(pack(build_schedule(run.schedule, layout.pp, s.M, run.virtual_stages)))
-        f_ticks = sum(stop - start for start, stop, f, _ in runs if f)
-        b_ticks = sum(stop - start for start, stop, _, b in runs if b)
+        f_ticks, b_ticks, runs = _ticks(run, layout.pp)
         # Each tick rolls the activation and the gradient sends around the pp ring, except the
         # activation roll of the runs after the last forward (its result is never read).
         last_f = max(i for i, r in enumerate(runs) if r[2])
@@ -404,8 +434,10 @@ def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunC
         if layout.pp > 1 else 0.0
     mem = memory(cfg, topo, layout, run, recipe=recipe)
     comms = tuple(_comms(cfg, topo, layout, run, policy, recipe, eff.links))
-    step = compute_s / (1 - bubble) + sum(c.seconds for c in comms)
+    # rainier's executor computes in its idle slots, so its FLOP count already holds the bubble.
+    idle_computed = recipe == "rainier" and (layout.pp > 1 or run.microbatches > 1)
+    step = compute_s / (1 if idle_computed else 1 - bubble) + sum(c.seconds for c in comms)
     model = flops.model_flops(cfg, batch=run.batch, seq=run.seq)
     mfu = model / (step * topo.num_ranks * peak)
     return Estimate(cfg, topo, layout, run, recipe, mem, model, rank_flops, compute_s, bubble, comms, step,
-                    mfu, peak_dtype)
+                    mfu, peak_dtype, idle_computed)

@@ -60,7 +60,10 @@ def render_estimate(e: Estimate) -> str:
     if not e.comms:
         lines.append("  none (one rank, or no axis of size > 1)")
     lines.append("")
-    if e.layout.pp > 1:
+    if e.layout.pp > 1 and e.idle_computed:
+        lines.append(f"Pipeline bubble: {e.bubble:.1%} of the schedule; rainier's executor computes masked work in "
+                     "it, so it is inside the compute time")
+    elif e.layout.pp > 1:
         lines.append(f"Pipeline bubble: {e.bubble:.1%} of the pipeline's time ({e.run.schedule}, P={e.layout.pp}, "
                      f"M={e.run.microbatches}) = {secs(e.bubble_s)}")
     else:
