@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import numpy as np
 
 from rainier_jax import hlo
 from rainier_jax.config import ConfigError
-from rainier_jax.layout import AXES, ParallelLayout, place, validate_all
+from rainier_jax.layout import AXES, ParallelLayout, axis_groups, place, validate_all
 from rainier_jax.model_config import ModelConfig, require_trainable
 from rainier_jax.run_config import RunConfig
 from rainier_jax.topology import Topology
@@ -107,21 +105,13 @@ def _axis_combinations(placement: np.ndarray):
         yield from itertools.combinations(sized, k)
 
 
-def _groups_over(placement: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
-    """`[num_groups, group_size]`: ranks that differ only in `axes` (generalises
-    `layout.axis_groups` to several axes: move them last, flatten the rest)."""
-    dims = [AXES.index(a) for a in axes]
-    moved = np.moveaxis(placement, dims, range(placement.ndim - len(dims), placement.ndim))
-    return moved.reshape(-1, math.prod(placement.shape[d] for d in dims))
-
-
 def attribute(groups, placement: np.ndarray) -> tuple[str, ...]:
     """The axes whose groups are exactly `groups` (sets of ranks; order inside a group and of the
     groups is ignored), e.g. ("tp",) or ("dp", "fsdp"); ("other",) when no combination matches.
     Groups of single ranks (a collective that sends nothing) are named by no axis: ()."""
     wanted = {frozenset(int(r) for r in g) for g in groups}
     for axes in _axis_combinations(placement):
-        if {frozenset(row.tolist()) for row in _groups_over(placement, axes)} == wanted:
+        if {frozenset(row.tolist()) for row in axis_groups(placement, axes)} == wanted:
             return axes
     return ("other",)
 
@@ -132,7 +122,7 @@ def containing_axes(groups, placement: np.ndarray) -> tuple[str, ...]:
     when tp exceeds them), the axes whose links it uses."""
     owner = {}
     for axes in _axis_combinations(placement):
-        for i, row in enumerate(_groups_over(placement, axes)):
+        for i, row in enumerate(axis_groups(placement, axes)):
             owner.update((int(r), i) for r in row)
         if all(len({owner[int(r)] for r in g}) == 1 for g in groups):
             return axes

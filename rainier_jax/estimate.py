@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import numpy as np
 
 from rainier_jax import calibration, comm, flops
-from rainier_jax.layout import AXES, ParallelLayout, place
+from rainier_jax.layout import ParallelLayout, axis_groups, place
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.perfmodel import params_per_rank, state_bytes_per_rank
 from rainier_jax.precision import Policy
@@ -154,17 +153,9 @@ def _placement(topo: Topology, layout: ParallelLayout) -> np.ndarray:
     return place(layout, topo)
 
 
-def axes_groups(placement: np.ndarray, layout: ParallelLayout, axes: tuple[str, ...]) -> list[list[int]]:
-    """The rank groups spanning `axes` together (e.g. ("dp", "fsdp")), each in axis order."""
-    idx = [AXES.index(a) for a in axes]
-    moved = np.moveaxis(placement, idx, list(range(-len(idx), 0)))
-    size = math.prod(getattr(layout, a) for a in axes)
-    return moved.reshape(-1, size).tolist()
-
-
 @functools.lru_cache(maxsize=1024)
 def _groups(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
-    return tuple(map(tuple, axes_groups(_placement(topo, layout), layout, axes)))
+    return tuple(map(tuple, axis_groups(_placement(topo, layout), axes).tolist()))
 
 
 def _price(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...], kind: str, nbytes: int,

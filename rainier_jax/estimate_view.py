@@ -93,9 +93,10 @@ def discrepancies(profile, analytic: Estimate, *, tolerance: float = 0.01) -> li
     for key in sorted(set(compiled) | set(expected)):
         got, want = compiled.get(key, 0), expected.get(key, 0)
         if got > want * (1 + tolerance):
-            extra = f"{got / want:.2f}× the {size(want)}" if want else f"where the model expects none"
-            out.append(f"compiled program sends {size(got)} per step as {key[0]} over {'×'.join(key[1])}: {extra} "
-                       f"the {analytic.recipe} model expects")
+            expected_text = (f"{got / want:.2f}× the {size(want)} the {analytic.recipe} model expects" if want
+                             else f"the {analytic.recipe} model expects none")
+            out.append(f"compiled program sends {size(got)} per step as {key[0]} over {'×'.join(key[1])}: "
+                       f"{expected_text}")
     if profile.hbm_bytes > analytic.memory.total * (1 + tolerance):
         out.append(f"compiled program holds {size(profile.hbm_bytes)} per rank, {profile.hbm_bytes / analytic.memory.total:.2f}× "
                    f"the {size(analytic.memory.total)} the {analytic.recipe} model expects (on CPU, temp bytes include "

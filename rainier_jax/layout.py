@@ -202,11 +202,16 @@ def place(layout: ParallelLayout, topo: Topology) -> np.ndarray:
     return ranks.transpose(perm).reshape(shape)
 
 
-def axis_groups(placement: np.ndarray, axis: str) -> np.ndarray:
-    """`[num_groups, axis_size]`: the ranks that communicate along `axis`, in axis order."""
-    i = AXES.index(axis)
-    moved = np.moveaxis(placement, i, -1)
-    return moved.reshape(-1, placement.shape[i])
+def axis_groups(placement: np.ndarray, axis: str | tuple[str, ...]) -> np.ndarray:
+    """`[num_groups, group_size]`: the ranks that communicate along `axis` — or along several axes
+    together, e.g. ("dp", "fsdp") — in axis order."""
+    axes = (axis,) if isinstance(axis, str) else tuple(axis)
+    dims = [AXES.index(a) for a in axes]
+    moved = np.moveaxis(placement, dims, list(range(placement.ndim - len(dims), placement.ndim)))
+    size = 1
+    for d in dims:
+        size *= placement.shape[d]
+    return moved.reshape(-1, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,12 +344,8 @@ def matrix_microbatches(layout: ParallelLayout) -> int:
     return layout.pp
 
 
-def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule: str = "1f1b",
-                       microbatches: int | None = 1, virtual_stages: int = 1, axes=AXES) -> list[ParallelLayout]:
-    """Every factorisation of the mesh's rank count over `axes` that the model, the batch, the
-    pipeline settings and the placement accept, in a fixed order (most data-parallel first).
-    `microbatches=None` gives each layout `matrix_microbatches(layout)`."""
-    n = topo.num_ranks
+def factorisations(n: int, axes=AXES) -> list[ParallelLayout]:
+    """Every way of writing n as a product of sizes over `axes` (the others 1)."""
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     found = []
 
@@ -358,8 +359,16 @@ def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule
                 extend({**sizes, rest[0]: d}, rest[1:], left // d)
 
     extend({}, list(axes), n)
+    return found
+
+
+def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule: str = "1f1b",
+                       microbatches: int | None = 1, virtual_stages: int = 1, axes=AXES) -> list[ParallelLayout]:
+    """Every factorisation of the mesh's rank count over `axes` that the model, the batch, the
+    pipeline settings and the placement accept, in a fixed order (most data-parallel first).
+    `microbatches=None` gives each layout `matrix_microbatches(layout)`."""
     ok = []
-    for layout in found:
+    for layout in factorisations(topo.num_ranks, axes):
         try:
             m = matrix_microbatches(layout) if microbatches is None else microbatches
             validate_all(layout, cfg, batch=batch, schedule=schedule, microbatches=m,

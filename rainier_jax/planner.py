@@ -17,7 +17,7 @@ from collections import Counter
 
 from rainier_jax.config import ConfigError
 from rainier_jax.estimate import Estimate, estimate, memory
-from rainier_jax.layout import AXES, ParallelLayout, layout_warnings, place, validate_all
+from rainier_jax.layout import ParallelLayout, factorisations, layout_warnings, place, validate_all
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.run_config import REMAT, RunConfig
 from rainier_jax.topology import Topology
@@ -28,23 +28,6 @@ class Plan:
     ranked: list[Estimate]            # fitting candidates, fastest first
     considered: int                   # (layout, settings) pairs looked at
     dropped: Counter                  # reason → count
-
-
-def _factorisations(n: int) -> list[ParallelLayout]:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    out = []
-
-    def extend(sizes: dict[str, int], rest: list[str], left: int) -> None:
-        if not rest:
-            if left == 1:
-                out.append(ParallelLayout(**sizes))
-            return
-        for d in divisors:
-            if left % d == 0:
-                extend({**sizes, rest[0]: d}, rest[1:], left // d)
-
-    extend({}, list(AXES), n)
-    return out
 
 
 def _settings(layout: ParallelLayout, cfg: ModelConfig, batch: int, seq: int, precision: str):
@@ -73,7 +56,7 @@ def plan(cfg: ModelConfig, topo: Topology, *, batch: int, seq: int, precision: s
     ranked: list[Estimate] = []
     dropped: Counter = Counter()
     considered = 0
-    for layout in _factorisations(topo.num_ranks):
+    for layout in factorisations(topo.num_ranks):
         try:
             validate_all(layout, cfg, batch=batch, schedule="1f1b", microbatches=1 if layout.pp == 1 else layout.pp,
                          virtual_stages=1)

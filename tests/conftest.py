@@ -1,6 +1,7 @@
 """Test-session setup: 8 emulated CPU devices and a persistent compile cache, set before JAX starts.
 
-This file and the CLI are the only places that touch `jax.config`.
+This file, the CLI (cli_common.start_jax) and compiled.py (which bypasses the compile cache around
+its HLO dump) are the only places that touch `jax.config`.
 """
 
 import os

@@ -124,7 +124,7 @@ def test_attribute_picks_the_smallest_combination_of_real_axes():
     from rainier_jax.layout import axis_groups
     for axis in ("pp", "dp", "fsdp", "tp"):
         assert compiled.attribute(axis_groups(placement, axis)[::-1], placement) == (axis,)
-    both = compiled._groups_over(placement, ("dp", "fsdp"))
+    both = axis_groups(placement, ("dp", "fsdp"))
     assert compiled.attribute([g[::-1] for g in both], placement) == ("dp", "fsdp")
     assert compiled.attribute([[int(r)] for r in placement.flat], placement) == ()
     assert compiled.attribute([placement.flat[:3]], placement) == ("other",)
