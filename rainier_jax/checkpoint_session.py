@@ -27,6 +27,7 @@ class SavePlan:
     found: resume.Found | None     # the checkpoint to resume from
     notes: list[str]               # lines about settings the resumed run changes
     record: dict                   # resume.run_record of this run
+    primary: bool = True           # process 0 of several (or the only one): moves damaged checkpoints aside
 
 
 class CheckpointSession:
@@ -37,7 +38,9 @@ class CheckpointSession:
         self.directory, self.every, self.found, self.record = plan.directory, plan.every, plan.found, plan.record
         self.stop = threading.Event()
         self.signal_name = None
-        if self.found is not None:
+        if self.found is not None and plan.primary:
+            # Every process chose the checkpoint from the same files before JAX started (and
+            # JAX's start is a barrier), so only process 0 touches the directory.
             for path, why in self.found.rejected:
                 aside = resume.set_aside(path)
                 print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)

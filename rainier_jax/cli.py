@@ -1,5 +1,6 @@
 """`rainier` command line: the parser, `mesh show`, `mesh list`, `schedule`, and dispatch to
-`train` (cli_train.py), `parity` (cli_parity.py), `estimate` and `plan` (cli_estimate.py).
+`train` (cli_train.py), `parity` (cli_parity.py), `estimate` and `plan` (cli_estimate.py), and
+`launch` (launch.py).
 
 Every command reads the mesh file first, validates every input, and only then sets the number of
 emulated CPU devices and lets JAX start (cli_common.start_jax). Bad input is one line on stderr and
@@ -15,6 +16,7 @@ from rainier_jax.cli_common import DEFAULT_MESH, DEFAULT_MODEL
 from rainier_jax.cli_estimate import add_estimate_parser
 from rainier_jax.cli_parity import cmd_parity
 from rainier_jax.cli_train import cmd_train
+from rainier_jax.launch import cmd_launch
 from rainier_jax.config import ConfigError, builtin_names
 from rainier_jax.precision import PRESETS  # no JAX import
 
@@ -113,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     pa.set_defaults(func=cmd_parity)
 
     add_estimate_parser(sub, _add_mesh_flags, _add_pipeline_flags)
+
+    la = sub.add_parser("launch", help="run train or parity as N local processes on JAX's multi-controller runtime")
+    la.add_argument("--processes", type=int, required=True,
+                    help="processes, each owning mesh-instances/N emulated instances (N must divide them)")
+    la.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1 [a free one]")
+    la.add_argument("command", nargs=argparse.REMAINDER, help="-- train|parity [their options]")
+    la.set_defaults(func=cmd_launch)
 
     sc = sub.add_parser("schedule", help="print a pipeline schedule's timeline, bubble and memory")
     sc.add_argument("--schedule", required=True, help="gpipe, 1f1b or interleaved")

@@ -7,6 +7,9 @@ from __future__ import annotations
 from rainier_jax.config import ConfigError
 
 DEFAULT_MESH = "trn2-mini-8"
+# Set by `rainier launch` for a dry run of the command it wraps: validate everything, stop before
+# JAX starts (exit 0 when valid), so bad input is reported once rather than by every process.
+CHECK_ONLY_ENV = "RAINIER_CHECK_ONLY"
 DEFAULT_MODEL = "tiny"
 
 RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
@@ -43,10 +46,16 @@ def writable_dir(path: str, flag: str = "--report"):
     return d
 
 
-def start_jax(num_devices: int) -> None:
+def start_jax(num_devices: int, cluster=None, topo=None) -> None:
+    """Start JAX on `num_devices` emulated CPU devices; with a multi-process `cluster`
+    (cluster.from_env) this process takes its share of `topo`'s ranks and joins the others."""
     import jax
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", num_devices)
+    if cluster is not None and cluster.num_processes > 1:
+        from rainier_jax import cluster as cluster_lib
+        cluster_lib.start(cluster, topo)
+    else:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", num_devices)
     if len(jax.devices()) != num_devices:  # JAX was started before the CLI could size it
         raise ConfigError(f"needs {num_devices} CPU devices but JAX already has {len(jax.devices())}; "
                           "run rainier in a fresh process")

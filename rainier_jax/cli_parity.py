@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from rainier_jax.cli_common import run_config, start_jax, writable_dir
+from rainier_jax.cli_common import CHECK_ONLY_ENV, run_config, start_jax, writable_dir
 from rainier_jax.config import ConfigError
 
 
@@ -16,7 +17,11 @@ def cmd_parity(args) -> int:
     from rainier_jax.precision import check_compatible, get_policy, incompatibility
     from rainier_jax.topology import load_topology
 
+    from rainier_jax import cluster as cluster_lib
+
+    cluster = cluster_lib.from_env()
     topo = load_topology(args.mesh, lnc=args.lnc)
+    cluster_lib.check_topology(cluster, topo)
     model = load_model(args.model)
     require_trainable(model)
     run = run_config(args)
@@ -63,18 +68,28 @@ def cmd_parity(args) -> int:
                      microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag)
         check_compatible(layout_run.policy, pp=layout.pp, microbatches=layout_run.microbatches,
                          flag="--reference-precision" if flag == "--reference" else "--precision")
-    report_dir = writable_dir(args.report) if args.report else None
+    # Only process 0 prints and writes the report; every process computes the same verdict.
+    report_dir = writable_dir(args.report) if args.report and cluster.primary else None
+    say = print if cluster.primary else (lambda *a, **k: None)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+    if os.environ.get(CHECK_ONLY_ENV) == "1":   # `rainier launch` asked whether the command is valid
+        return 0
 
-    start_jax(topo.num_ranks)
+    start_jax(topo.num_ranks, cluster, topo)
 
     from rainier_jax.parity import EPS32, Bound, run_parity
     from rainier_jax.parity_report import MATRIX_HEADER, format_result, matrix_row, write_report
-    from rainier_jax.train import build_program, mesh_on_ranks
+    import jax
+    import numpy as np
+
+    from rainier_jax.train import build_mesh, build_program, mesh_on_ranks
 
     precisions = f"{run.precision} vs {ref_run.precision}"
-    ref_prog = build_program(model, ref_layout, mesh_on_ranks(ref_layout, place(reference, topo) if reference else None),
-                             ref_run)
+    # The one-device reference runs on each process's own first device (with several processes,
+    # device 0 is not everyone's to use), so every process holds its own reference.
+    ref_mesh = (mesh_on_ranks(ref_layout, place(reference, topo)) if reference
+                else build_mesh(ref_layout, np.array(jax.local_devices()[:1])))
+    ref_prog = build_program(model, ref_layout, ref_mesh, ref_run)
     ref_name = str(reference) if reference else "single"
     settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
                 "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": run.precision,
@@ -82,9 +97,9 @@ def cmd_parity(args) -> int:
                 "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
     results = []
     if args.matrix:
-        print(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
+        say(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
               f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {precisions})")
-        print(MATRIX_HEADER, flush=True)
+        say(MATRIX_HEADER, flush=True)
     for layout in candidates:
         cand_run = run_for(layout)
         same = reference is not None and layout == reference and ref_run == cand_run
@@ -96,9 +111,9 @@ def cmd_parity(args) -> int:
         result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=name)
         results.append(result)
         if args.matrix:
-            print(matrix_row(result), flush=True)
+            say(matrix_row(result), flush=True)
         else:
-            print(format_result(result, header=(
+            say(format_result(result, header=(
                 f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
                 f"batch {run.batch} × seq {run.seq}, {precisions})")))
         if report_dir is not None:
@@ -106,6 +121,6 @@ def cmd_parity(args) -> int:
                          {**settings, "candidate": str(layout), "reference": ref_name})
     failed = [r for r in results if not r.passed]
     if args.matrix:
-        print(f"{len(results) - len(failed)} of {len(results)} layouts pass"
+        say(f"{len(results) - len(failed)} of {len(results)} layouts pass"
               + (f"; first failure: {failed[0].candidate}: {failed[0].first_violation}" if failed else ""))
     return 1 if failed else 0

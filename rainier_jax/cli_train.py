@@ -6,11 +6,12 @@ manifest and run record are read without JAX)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 
-from rainier_jax.cli_common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, given, run_config,
-                                    start_jax, writable_dir)
+from rainier_jax.cli_common import (CHECK_ONLY_ENV, DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, given,
+                                    run_config, start_jax, writable_dir)
 from rainier_jax.config import ConfigError
 
 
@@ -60,9 +61,13 @@ def cmd_train(args) -> int:
     from rainier_jax.topology import load_topology
     from rainier_jax.model_config import ModelConfig, load_model, require_trainable
 
+    from rainier_jax import cluster as cluster_lib
+
     # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
+    cluster = cluster_lib.from_env()
     ckpt_dir, found, notes = checkpoint_plan(args)
     topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
+    cluster_lib.check_topology(cluster, topo)
     if found is not None and args.model is None:
         model = ModelConfig(**found.meta["model"])
     else:
@@ -85,16 +90,24 @@ def cmd_train(args) -> int:
             print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
                   f"(give --steps above {start} to extend it)")
             return 0
-    metrics = MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None) if args.metrics else None
+    checking = os.environ.get(CHECK_ONLY_ENV) == "1"
+    if args.metrics and checking:
+        MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None, check_only=True)
+    if checking:   # `rainier launch` asked whether the command is valid: it is
+        return 0
+    # Only process 0 writes metrics and reports.
+    metrics = (MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None)
+               if args.metrics and cluster.primary else None)
 
-    for w in layout_warnings(layout, topo, placement):
-        print(w, file=sys.stderr)
+    if cluster.primary:
+        for w in layout_warnings(layout, topo, placement):
+            print(w, file=sys.stderr)
     saver = None
     if ckpt_dir is not None:
         from rainier_jax import resume
         from rainier_jax.checkpoint_session import SavePlan
         saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
-                         notes=notes,
+                         notes=notes if cluster.primary else [], primary=cluster.primary,
                          record=resume.run_record(
                              mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
                              layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
@@ -102,35 +115,43 @@ def cmd_train(args) -> int:
                              data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
                              corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
                              keep=args.keep or 3))
-    start_jax(topo.num_ranks)
-    return _run_training(topo, model, layout, placement, run, corpus, metrics, saver)
+    start_jax(topo.num_ranks, cluster, topo)
+    return _run_training(topo, model, layout, placement, run, corpus, metrics, saver, cluster)
 
 
-def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=None) -> int:
+def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=None, cluster=None) -> int:
+    from rainier_jax import cluster as cluster_lib
     from rainier_jax.layout import axis_links, describe_links
     from rainier_jax.report import Progress, summary
-    from rainier_jax.train import build_program, mesh_on_ranks, train
+    from rainier_jax.train import build_program, local_value, mesh_on_ranks, train
 
+    cluster = cluster or cluster_lib.SINGLE
     mesh = mesh_on_ranks(layout, placement)
-    print(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
+    if cluster.num_processes > 1:
+        ranks = cluster_lib.local_ranks(cluster, topo)
+        print(f"process {cluster.process_id} of {cluster.num_processes}: ranks {ranks.start}–{ranks.stop - 1}",
+              flush=True)
+    # Processes other than 0 train in silence (errors still reach stderr).
+    say = print if cluster.primary else _quiet
+    say(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
     for al in axis_links(layout, topo, placement):
-        print(f"  {describe_links(al)}")
-    print(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
+        say(f"  {describe_links(al)}")
+    say(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
-    print(run.policy.describe())
-    print(f"activations: remat {run.remat}"
+    say(run.policy.describe())
+    say(f"activations: remat {run.remat}"
           + (f"; ZeRO-1: optimizer state split over dp={layout.dp}" if run.zero1 and layout.dp > 1 else ""))
     if run.zero1 and layout.dp == 1:
-        print("--zero1: the layout has dp=1, so there is nothing to split the optimizer state over", file=sys.stderr)
+        say("--zero1: the layout has dp=1, so there is nothing to split the optimizer state over", file=sys.stderr)
     if layout.pp > 1 or run.microbatches > 1:
         from rainier_jax.schedules import build_schedule
         pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
-        print(f"pipeline: {run.schedule}, pp={layout.pp}, {run.microbatches} microbatches per replica"
+        say(f"pipeline: {run.schedule}, pp={layout.pp}, {run.microbatches} microbatches per replica"
               + (f", {run.virtual_stages} virtual stages" if run.virtual_stages > 1 else "")
               + f"; bubble {pipe.bubble():.3f}; peak in-flight per stage {pipe.peak_in_flight()}")
-    print(corpus.describe(), flush=True)
+    say(corpus.describe(), flush=True)
     if metrics is not None and metrics.dropped:
-        print(f"--metrics {metrics.path}: dropped {metrics.dropped} records after the checkpoint's step "
+        say(f"--metrics {metrics.path}: dropped {metrics.dropped} records after the checkpoint's step "
               "(those steps run again)")
 
     t0 = time.perf_counter()
@@ -141,10 +162,10 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
         session = None
     try:
         program = build_program(model, layout, mesh, run)
-        print(f"compiled in {program.compile_seconds:.1f} s", flush=True)
+        say(f"compiled in {program.compile_seconds:.1f} s", flush=True)
         state = session.restore(program) if session is not None else None
-        start = 0 if state is None else int(state.step)
-        progress = Progress(run.steps - start, first_step=start)
+        start = 0 if state is None else int(local_value(state.step))
+        progress = Progress(run.steps - start, first_step=start, quiet=not cluster.primary)
 
         def on_step(rec):
             progress.update(rec)
@@ -155,7 +176,8 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
             state = train(program, corpus, on_step=on_step, state=state,
                           save=session.save if session is not None else None,
                           save_every=session.every if session is not None else 0,
-                          should_stop=session.stop.is_set if session is not None else None)
+                          should_stop=cluster_lib.agreed(session.stop.is_set, cluster) if session is not None
+                          else None)
         finally:
             progress.close()
             if metrics is not None:
@@ -163,8 +185,12 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     finally:
         if session is not None:
             session.close()   # waits for every save in flight to commit
-    print(summary(progress.records, compile_seconds=program.compile_seconds,
+    say(summary(progress.records, compile_seconds=program.compile_seconds,
                   wall_seconds=time.perf_counter() - t0))
     if session is not None:
-        print(session.describe(int(state.step)))
+        say(session.describe(int(local_value(state.step))))
     return 0
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass

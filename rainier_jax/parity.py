@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from rainier_jax import data as data_lib
+from rainier_jax.multihost import host_copy, local_value, to_devices
 from rainier_jax.precision import Policy
 from rainier_jax.train import Program
 
@@ -216,32 +217,33 @@ def run_parity(ref: Program, cand: Program, corpus: data_lib.Corpus, *, bound: B
     # One initialisation, resharded (and, across precisions, rounded into the candidate's weight
     # dtype): the candidate starts from the reference's very bits. Through host memory, so nothing
     # aliases: the reference's step donates its state.
-    state_cand = cand.init_from(jax.device_get(state_ref.params))
+    state_cand = cand.init_from(jax.tree.map(lambda x: to_devices(x, cand.replicated), host_copy(state_ref.params)))
     loss_limit = bound.limit(L + 1)
     loss_ref, loss_cand, free_ref, free_cand, lrs, errors = [], [], [], [], [], []
     for t in range(run.steps):
         host = data_lib.batch(corpus, seed=run.seed, step=t, batch_size=run.batch, seq_len=run.seq)
-        batch_ref = jax.device_put(host, ref.batch_sharding)
-        batch_cand = jax.device_put(host, cand.batch_sharding)
+        batch_ref = to_devices(host, ref.batch_sharding)
+        batch_cand = to_devices(host, cand.batch_sharding)
         # Lock-step: the candidate evaluates at the reference's current parameters (in its own
         # weight dtype), with its own precision state (loss scale, fp8 scales) from its run.
-        params_at_ref = jax.device_put(_cast_like(jax.device_get(state_ref.params), state_cand.params),
-                                       cand.state_shardings.params)
+        params_at_ref = jax.tree.map(to_devices, _cast_like(host_copy(state_ref.params), state_cand.params),
+                                     cand.state_shardings.params)
         lr, gr = ref.grads(state_ref, batch_ref)
         lc, gc = cand.grads(dataclasses.replace(state_cand, params=params_at_ref), batch_cand)
-        loss_ref.append(float(lr))
-        loss_cand.append(float(lc))
-        errors += compare(jax.device_get(gr), jax.device_get(gc), L, bound.limit, t + 1)
+        loss_ref.append(float(local_value(lr)))
+        loss_cand.append(float(local_value(lc)))
+        errors += compare(host_copy(gr), host_copy(gc), L, bound.limit, t + 1)
         # Free-running: each run steps its own state.
         state_ref, m_ref = ref.step(state_ref, batch_ref)
         state_cand, m_cand = cand.step(state_cand, batch_cand)
+        m_ref, m_cand = local_value(m_ref), local_value(m_cand)
         free_ref.append(float(m_ref["loss"]))
         lrs.append(float(m_ref["lr"]))
         free_cand.append(float(m_cand["loss"]))
     # An Adam step moves an element by about lr at most, so two runs whose updates differ in sign
     # drift apart by at most 2·lr per step (approximate: bias correction can exceed it briefly).
     drift = 2 * sum(lrs)
-    free_params = compare(jax.device_get(state_ref.params), jax.device_get(state_cand.params), L,
+    free_params = compare(host_copy(state_ref.params), host_copy(state_cand.params), L,
                           lambda _: drift, run.steps, limit_on="max_abs")
     return ParityResult(reference_name, candidate_name, bound, loss_ref, loss_cand, loss_limit,
                         _worst(errors), free_ref, free_cand, _worst(free_params))

@@ -42,10 +42,19 @@ class MetricsLog:
     with the process that ran them and run again, so the file ends up describing one run.
     """
 
-    def __init__(self, path: str, first_step: int, resuming: bool = False):
+    def __init__(self, path: str, first_step: int, resuming: bool = False, check_only: bool = False):
+        """`check_only`: raise what opening would raise, change nothing (`rainier launch` checks
+        a command before starting its processes)."""
         self.path = Path(path)
         self.dropped = 0
         last = self._last_step()
+        if check_only:
+            if not resuming and last is not None and last >= first_step:
+                raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
+                                  f"would write step {first_step} again; pass a new path or move the file away")
+            if not os.access(self.path if self.path.exists() else (self.path.parent or Path(".")), os.W_OK):
+                raise ConfigError(f"--metrics {path}: cannot write there; give a path in a writable directory")
+            return
         if resuming and last is not None and last >= first_step:
             self._drop_from(first_step)
             last = self._last_step()
@@ -96,15 +105,22 @@ class MetricsLog:
         self._f.close()
 
 
+BAR_ENV = "RAINIER_PROGRESS_BAR"
+
+
 class Progress:
     """A tqdm bar on a terminal; a log line every ~10 % of the run otherwise (CI logs, pipes)."""
 
-    def __init__(self, total: int, first_step: int, stream=None):
+    def __init__(self, total: int, first_step: int, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.total, self.first = total, first_step
         self.records: list[StepRecord] = []
         self.bar = None
-        if self.stream.isatty() and not os.environ.get("CI"):
+        self.quiet = quiet   # keep the records, show nothing (processes other than 0)
+        # `rainier launch` relays process 0's output through a pipe and asks for the bar when
+        # its own terminal would show it.
+        terminal = self.stream.isatty() or os.environ.get(BAR_ENV) == "1"
+        if terminal and not quiet and not os.environ.get("CI"):
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=0, file=self.stream, unit="step", dynamic_ncols=True,
                             desc="train")
@@ -113,6 +129,8 @@ class Progress:
 
     def update(self, rec: StepRecord) -> None:
         self.records.append(rec)
+        if self.quiet:
+            return
         done = rec.step - self.first
         if self.bar is not None:
             post = {"loss": f"{rec.loss:.4f}", "tok/s": f"{rec.tokens_per_s:,.0f}"}

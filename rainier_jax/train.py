@@ -18,6 +18,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from rainier_jax import data as data_lib
+from rainier_jax.multihost import local_value, to_devices
 from rainier_jax import numerics, sharding
 from rainier_jax.layout import AXES, ParallelLayout
 from rainier_jax.model_config import ModelConfig
@@ -95,6 +96,10 @@ class Program:
     eval_loss: Any       # compiled: (state, batches) → loss
     grads: Callable      # jitted: (state, batch) → (loss, unscaled grads); for parity checks
     compile_seconds: float
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
 
 
 def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig,
@@ -231,17 +236,17 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
     before each step; when it says yes the loop ends there (and the last state is saved)."""
     run = program.run
     state = program.init() if state is None else state
-    first = int(state.step)  # completed updates so far: also the next batch's index
+    first = int(local_value(state.step))  # completed updates so far: also the next batch's index
     tokens = run.batch * run.seq
     eval_every = run.eval_every
-    evals = jax.device_put(
+    evals = to_devices(
         data_lib.eval_batches(corpus, batch_size=run.batch, seq_len=run.seq, num_batches=run.eval_batches),
         NamedSharding(program.mesh, P(None, *program.batch_sharding.spec)))
 
     def host_batch(t: int):
         # The batch for update t (0-based) is a pure function of (seed, t): resumable, layout-free.
         b = data_lib.batch(corpus, seed=run.seed, step=t, batch_size=run.batch, seq_len=run.seq)
-        return jax.device_put(b, program.batch_sharding)
+        return to_devices(b, program.batch_sharding)
 
     pending = None  # (step number, device metrics) of the step dispatched last
     last_done = time.perf_counter()
@@ -249,14 +254,14 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
 
     def finish(step_no, metrics, eval_now):
         nonlocal last_done
-        m = jax.device_get(metrics)  # blocks until that step is done
+        m = local_value(metrics)  # blocks until that step is done
         now = time.perf_counter()
         rec = StepRecord(step_no, float(m["loss"]), float(m["grad_norm"]), float(m["lr"]),
                          tokens / max(now - last_done, 1e-9), precision=program.policy.name)
         if "loss_scale" in m:
             rec.loss_scale, rec.skipped = float(m["loss_scale"]), int(m["skipped"])
         if eval_now:
-            rec.eval_loss = float(program.eval_loss(state, evals))
+            rec.eval_loss = float(local_value(program.eval_loss(state, evals)))
             now = time.perf_counter()  # evaluation time is not charged to the next step
         last_done = now
         on_step(rec)
@@ -287,5 +292,5 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
             checkpoint(step_no)
     if pending is not None:  # stopped early: report the last step run
         finish(*pending, eval_now=False)
-    checkpoint(int(state.step))
+    checkpoint(int(local_value(state.step)))
     return state

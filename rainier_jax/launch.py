@@ -1,0 +1,204 @@
+"""`rainier launch --processes N -- train|parity …`: N local processes on one multi-controller JAX
+runtime, each owning mesh-instances/N emulated instances (rainier_jax/cluster.py).
+
+The launcher validates the command before starting anything, picks a free coordinator port on
+127.0.0.1 (or checks the one given), starts the processes with `JAX_COORDINATOR_ADDRESS`,
+`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, and relays their output with a `[pK] ` prefix on every
+line (gloo's one-line "connected to N peer ranks" notices are dropped). Process 0 draws the
+progress bar when the launcher's terminal would show one.
+
+When a process fails — exits non-zero or is killed — the launcher names it, sends the others
+SIGTERM and, `GRACE_S` later, SIGKILL: a survivor blocked in a collective with a dead peer would
+otherwise wait for JAX's timeouts. It exits with the first failing process's code (128 + the
+signal number for a killed process). SIGINT/SIGTERM sent to the launcher are passed on to every
+process, so Ctrl-C saves a checkpoint exactly as it does for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from rainier_jax.config import ConfigError
+
+GRACE_S = 10.0
+COMMANDS = ("train", "parity")
+# gloo's C++ threads print these notices concurrently, so pieces of two can share a line.
+_GLOO_NOTICE = re.compile(rb"^\[Gloo\] Rank|connected peer ranks is")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: must be 1 … 65535 (or leave it out to pick a free one)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(f"--port {port}: already in use on 127.0.0.1; choose another, or leave --port "
+                              "out to pick a free one") from None
+
+
+class _Relay(threading.Thread):
+    """Copies one child stream to ours, `[pK] ` at the start of every line (after \\n or \\r, so a
+    progress bar's redraws keep their prefix)."""
+
+    def __init__(self, k: int, source, sink, lock: threading.Lock):
+        super().__init__(daemon=True)
+        self.prefix = f"[p{k}] ".encode()
+        self.source, self.sink, self.lock = source, sink, lock
+
+    def run(self) -> None:
+        pending = b""
+        fd = self.source.fileno()
+        while chunk := os.read(fd, 65536):
+            pending += chunk
+            out = []
+            while (cut := min((i for i in (pending.find(b"\n"), pending.find(b"\r")) if i >= 0), default=-1)) >= 0:
+                line, pending = pending[:cut + 1], pending[cut + 1:]
+                if not _GLOO_NOTICE.search(line):
+                    out.append(self.prefix + line)
+            if out:
+                self._write(b"".join(out))
+        if pending and not _GLOO_NOTICE.search(pending):
+            self._write(self.prefix + pending + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:
+            self.sink.write(data)
+            self.sink.flush()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def run(processes: int, command: list[str], port: int) -> int:
+    """Start the processes, relay their output, end them all if one fails; the exit code."""
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+               PYTHONUNBUFFERED="1")
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):   # the launcher decides the process count here
+        env.pop(var, None)
+    bar = sys.stderr.isatty() and not os.environ.get("CI")
+    children: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    relays = []
+    for k in range(processes):
+        child_env = dict(env, JAX_PROCESS_ID=str(k))
+        if k == 0 and bar:
+            from rainier_jax.report import BAR_ENV
+            child_env[BAR_ENV] = "1"
+        p = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        children.append(p)
+        for source, sink in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
+            relay = _Relay(k, source, sink, lock)
+            relay.start()
+            relays.append(relay)
+    say = lambda text: _say(text, lock)  # noqa: E731
+    say(f"rainier launch: {processes} processes on 127.0.0.1:{port} "
+        f"(pids {', '.join(str(p.pid) for p in children)}): {' '.join(command)}")
+
+    forwarded = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        for p in children:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    first_failure = None
+    deadline = None
+    try:
+        while any(p.poll() is None for p in children):
+            for k, p in enumerate(children):
+                code = p.poll()
+                if code not in (None, 0) and first_failure is None:
+                    first_failure = (k, code)
+                    say(f"rainier launch: process {k} (pid {p.pid}) {_describe(code)}; ending the other processes")
+                    for q in children:
+                        if q.poll() is None:
+                            q.send_signal(signal.SIGTERM)
+                    deadline = time.monotonic() + GRACE_S
+            if deadline is not None and time.monotonic() > deadline:
+                for q in children:
+                    if q.poll() is None:
+                        q.kill()
+                deadline = None
+            time.sleep(0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    for relay in relays:
+        relay.join(timeout=5)
+    codes = [p.returncode for p in children]
+    if first_failure is None:
+        failed = [(k, c) for k, c in enumerate(codes) if c != 0]
+        first_failure = failed[0] if failed else None
+    if first_failure is None:
+        return 0
+    k, code = first_failure
+    others = ", ".join(f"process {j} {_describe(c)}" for j, c in enumerate(codes) if j != k)
+    say(f"rainier launch: process {k} failed first ({_describe(code)}); {others}")
+    return 128 - code if code < 0 else code
+
+
+def _say(text: str, lock: threading.Lock) -> None:
+    with lock:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def cmd_launch(args) -> int:
+    """Validate the launch and the command it wraps (one line, exit 2, nothing started), then run."""
+    from pathlib import Path
+
+    from rainier_jax import cluster as cluster_lib
+    from rainier_jax.cli_common import DEFAULT_MESH
+    from rainier_jax.topology import load_topology
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("launch: give the command to run after --, e.g. rainier launch --processes 2 -- train")
+    if command[0] not in COMMANDS:
+        raise ConfigError(f"launch: cannot launch '{command[0]}' (choose {' or '.join(COMMANDS)})")
+    if args.processes < 1:
+        raise ConfigError(f"--processes {args.processes}: must be at least 1")
+    from rainier_jax.cli import build_parser
+    inner = build_parser().parse_args(command)   # the command's own bad input, before any process starts
+    mesh, lnc = inner.mesh, inner.lnc
+    if command[0] == "train" and inner.resume and mesh is None and inner.checkpoint_dir:
+        from rainier_jax import resume
+        meta = resume.newest_intact(Path(inner.checkpoint_dir)).meta
+        mesh, lnc = meta["mesh"], lnc or meta.get("lnc")
+    topo = load_topology(mesh or DEFAULT_MESH, lnc=lnc)
+    cluster_lib.check_topology(cluster_lib.Cluster(None, args.processes, 0, "--processes"), topo,
+                               flag=f"--processes {args.processes}")
+    if args.port is not None:
+        check_port(args.port)
+    port = args.port or free_port()
+    # A dry run of the command as process 0 sees it: bad input is reported once, not N times.
+    from rainier_jax.cli_common import CHECK_ONLY_ENV
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(args.processes),
+               JAX_PROCESS_ID="0", **{CHECK_ONLY_ENV: "1"})
+    dry = subprocess.run([sys.executable, "-m", "rainier_jax.cli", *command], env=env, capture_output=True, text=True)
+    if dry.returncode != 0:
+        sys.stderr.write(dry.stderr)
+        return dry.returncode
+    return run(args.processes, command, port)

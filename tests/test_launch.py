@@ -1,0 +1,175 @@
+"""`rainier launch`: several real processes on 127.0.0.1 joined by `jax.distributed` (gloo).
+
+Every run is a subprocess bounded in time. The module fixture runs the pipelined layout
+pp=2,dp=2,tp=2 (the pipeline crosses the process boundary: pp takes the instances, and each
+process owns one) once in one process and once in two, each saving checkpoints, then resumes each
+run's checkpoint under the other process count.
+
+Equality is bitwise: every collective group of this layout has two members, and a sum of two
+numbers does not depend on the order it is taken in. (Groups of more members are summed in
+another order by gloo than by one process's XLA; `test_parity_across_processes` covers such a
+layout with the parity harness's derived bounds.)
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_runner import ROOT, rainier
+
+PP = ["--parallel", "dp=2,tp=2,pp=2", "--microbatches", "2", "--batch", "16", "--seq", "64", "--steps", "4",
+      "--checkpoint-every", "2"]
+TIMEOUT_S = 300
+
+
+def losses(path: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+def launch(*args, processes=2, timeout=TIMEOUT_S):
+    return rainier("launch", "--processes", str(processes), "--", *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("launch")
+    one = rainier("train", *PP, "--checkpoint-dir", str(d / "ck1"), "--metrics", str(d / "one.jsonl"),
+                  timeout=TIMEOUT_S)
+    two = launch("train", *PP, "--checkpoint-dir", str(d / "ck2"), "--metrics", str(d / "two.jsonl"))
+    for proc in (one, two):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    # Lose each run's last checkpoint, then continue it under the other process count.
+    for ck in ("ck1", "ck2"):
+        shutil.move(d / ck / "4", d / f"{ck}-4-lost")
+    one_from_two = rainier("train", "--checkpoint-dir", str(d / "ck2"), "--resume", "--metrics",
+                           str(d / "one_from_two.jsonl"), timeout=TIMEOUT_S)
+    two_from_one = launch("train", "--checkpoint-dir", str(d / "ck1"), "--resume", "--metrics",
+                          str(d / "two_from_one.jsonl"))
+    return d, one, two, one_from_two, two_from_one
+
+
+def test_two_processes_train_like_one(runs):
+    d, one, two, *_ = runs
+    assert losses(d / "two.jsonl") == losses(d / "one.jsonl") and len(losses(d / "one.jsonl")) == 4
+    # Each process announces its ranks; only process 0 reports.
+    assert "[p0] process 0 of 2: ranks 0–3" in two.stdout and "[p1] process 1 of 2: ranks 4–7" in two.stdout
+    assert "[p0] steps 1–4" in two.stdout and "[p1] steps" not in two.stdout
+    assert "Gloo" not in two.stdout + two.stderr   # gloo's connection notices are dropped
+
+
+def test_checkpoints_cross_process_counts_both_ways(runs):
+    d, one, two, one_from_two, two_from_one = runs
+    for proc in (one_from_two, two_from_one):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in one_from_two.stdout and "resumed from" in two_from_one.stdout
+    # Written by two processes, restored in one (and the reverse): steps 3–4 run again identically.
+    assert losses(d / "one_from_two.jsonl") == losses(d / "two.jsonl")[2:]
+    assert losses(d / "two_from_one.jsonl") == losses(d / "one.jsonl")[2:]
+    # The checkpoints two processes wrote are sealed like one process's.
+    for ck in ("ck1", "ck2"):
+        assert (d / ck / "4" / "MANIFEST.sha256").is_file() and (d / ck / "2" / "MANIFEST.sha256").is_file()
+
+
+def test_parity_across_processes():
+    """The parity harness's derived bounds hold for a 2-process candidate whose tp groups (4 ranks
+    inside a process) and dp groups (across) are reduced by gloo."""
+    out = launch("parity", "--parallel", "dp=2,tp=4", "--steps", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[p0] verdict: PASS" in out.stdout and "[p1] verdict" not in out.stdout
+
+
+def test_a_killed_process_ends_the_others():
+    """SIGKILL one process mid-run (after step 6: progress lines come every 10 % of 60 steps): the
+    launcher names it, the survivor ends non-zero within the deadline, and the launcher exits with
+    the killed process's code (128 + 9)."""
+    proc = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", "launch", "--processes", "2", "--", "train",
+                             "--steps", "60", "--batch", "16", "--seq", "64"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), CI="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    start = time.monotonic()
+    pids = None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("rainier launch: 2 processes"):
+                pids = [int(p) for p in line.split("(pids ")[1].split(")")[0].split(", ")]
+            if line.startswith("[p0] step ") and pids:
+                break
+            assert time.monotonic() - start < TIMEOUT_S, "no step within the time limit"
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        rest, _ = proc.communicate(timeout=60)
+        ended = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert ended < 60, f"the launcher took {ended:.0f} s"
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert f"process 1 (pid {pids[1]}) was killed by SIGKILL" in output
+    assert "process 1 failed first (was killed by SIGKILL); process 0 " in output
+    with pytest.raises(ProcessLookupError):   # the survivor is gone too
+        os.kill(pids[0], 0)
+
+
+def _busy_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--processes", "3", "--", "train"], "--processes 3"),                  # trn2-mini-8 has 2 instances
+    (["--processes", "4", "--", "train", "--mesh", "trn2-mini-16"], None),   # fine: checked, then refused below
+    (["--processes", "0", "--", "train"], "--processes 0"),
+    (["--processes", "2", "--", "estimate"], "cannot launch 'estimate'"),
+    (["--processes", "2"], "give the command"),
+    (["--processes", "2", "--", "train", "--steps", "0"], "--steps 0"),
+    (["--processes", "2", "--", "parity", "--parallel", "dp=3"], "--parallel dp=3"),
+])
+def test_bad_launches_are_one_line_and_exit_2(args, needle):
+    if needle is None:
+        args = ["--processes", "3", "--", "train", "--mesh", "trn2-mini-16"]   # 4 instances: 3 does not divide
+        needle = "use 1, 2, 4 processes"
+    out = rainier("launch", *args, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("rainier: error:") and needle in out.stderr, out.stderr
+
+
+def test_a_busy_port_given_explicitly_is_refused():
+    sock, port = _busy_port()
+    try:
+        out = rainier("launch", "--processes", "2", "--port", str(port), "--", "train", timeout=60)
+    finally:
+        sock.close()
+    assert out.returncode == 2 and f"--port {port}: already in use" in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"JAX_NUM_PROCESSES": "2"}, "JAX_NUM_PROCESSES is set but JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID are not"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     "process id 2"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "HOST:PORT"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES='two'"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": "0"},
+     "3 processes cannot each own whole instances"),
+    ({"SLURM_NTASKS": "2"}, "SLURM_PROCID is not"),
+])
+def test_inconsistent_cluster_variables_are_one_line_and_exit_2(env, needle):
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+    full.update(env, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "rainier_jax.cli", "train", "--steps", "1"], cwd=ROOT, env=full,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("rainier: error:") and needle in out.stderr, out.stderr
