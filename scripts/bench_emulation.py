@@ -64,9 +64,11 @@ def one_rank_mesh(mesh: str, tmp: Path) -> Path:
     return path
 
 
-def run_once(args, mesh: str, layout: str | None, metrics: Path, extra: tuple[str, ...] = ()) -> tuple[float, float]:
-    """One `rainier train` subprocess (plus `extra` flags) → (median tokens/s after warm-up, compile s)."""
-    cmd = [sys.executable, "-m", "rainier_jax.cli", "train", "--mesh", mesh, "--steps", str(args.steps),
+def run_once(args, mesh: str, layout: str | None, metrics: Path, extra: tuple[str, ...] = (),
+             launcher: tuple[str, ...] = ()) -> tuple[float, float]:
+    """One `rainier train` subprocess (plus `extra` flags; behind `launcher`, e.g. `launch
+    --processes 2 --`) → (median tokens/s after warm-up, compile s)."""
+    cmd = [sys.executable, "-m", "rainier_jax.cli", *launcher, "train", "--mesh", mesh, "--steps", str(args.steps),
            "--eval-every", "0", "--metrics", str(metrics)] + (["--parallel", layout] if layout else []) + list(extra)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
