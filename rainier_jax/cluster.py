@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 
 from rainier_jax.config import ConfigError
 
@@ -122,6 +123,10 @@ def start(cluster: Cluster, topo) -> None:
         kwargs.update(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
                       process_id=cluster.process_id)
     jax.distributed.initialize(**kwargs)
+    # The distributed runtime installs a SIGTERM handler that only logs the signal (preemption
+    # notices); a run without its own handler (train without checkpoints, parity) is meant to
+    # end on SIGTERM, as one process does. Train's checkpoint session replaces this in turn.
+    signal.signal(signal.SIGTERM, _end_on_sigterm)
     if jax.process_count() != cluster.num_processes or jax.process_index() != cluster.process_id:
         raise ConfigError(f"JAX joined as process {jax.process_index()} of {jax.process_count()}, but "
                           f"{cluster.source} say {cluster.process_id} of {cluster.num_processes}")
@@ -129,6 +134,10 @@ def start(cluster: Cluster, topo) -> None:
     if mine != list(local_ranks(cluster, topo)):
         raise RuntimeError(f"process {cluster.process_id}: JAX placed its devices at global positions "
                            f"{mine[:4]}…, not at ranks {local_ranks(cluster, topo)}")
+
+
+def _end_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def agreed(local_flag, cluster: Cluster):

@@ -80,6 +80,16 @@ class _Relay(threading.Thread):
             self.sink.flush()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, ask for SIGKILL when the launcher dies (a killed
+    launcher must not leave processes training on their own). Elsewhere nothing is done."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _describe(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
@@ -101,9 +111,11 @@ def run(processes: int, command: list[str], port: int) -> int:
         if k == 0 and bar:
             from rainier_jax.report import BAR_ENV
             child_env[BAR_ENV] = "1"
-        p = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        children.append(p)
+        children.append(subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                         preexec_fn=_die_with_parent))
+    # Relays start once every process is started (a preexec_fn must not run while threads do).
+    for k, p in enumerate(children):
         for source, sink in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
             relay = _Relay(k, source, sink, lock)
             relay.start()

@@ -8,8 +8,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CACHE = Path(os.environ.get("RAINIER_TEST_CACHE", ROOT / ".cache" / "jax"))
+
+
+def cli_env(args, extra: dict | None = None) -> dict:
+    """The environment a test runs `rainier ARGS` in: this checkout on the path, and the test
+    session's persistent compile cache (conftest.py) through JAX's environment variables, so a CLI
+    run of a program an earlier test compiled loads it. Not for `launch`: its processes would
+    write the same cache entries at once, and JAX's cache writes are not atomic."""
+    env = dict(os.environ, **(extra or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    if tuple(args[:1]) != ("launch",):
+        env.update(JAX_COMPILATION_CACHE_DIR=str(CACHE), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return env
+
+
 def rainier(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=cli_env(args),
                           capture_output=True, text=True, timeout=timeout)

@@ -6,7 +6,6 @@ run must reproduce bit for bit (the metrics file keeps each loss as a round-trip
 """
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import ROOT, rainier
+from cli_runner import ROOT, cli_env, rainier
 from rainier_jax import manifest, resume
 from rainier_jax.checkpoint import SEAL_DELAY_ENV
 from rainier_jax.parity import FREE_LOSS_RTOL
@@ -46,8 +45,7 @@ def reference(tmp_path_factory):
 
 
 def start(*args, env_extra=None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=cli_env(args, env_extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

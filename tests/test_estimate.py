@@ -32,7 +32,6 @@ def _bytes(items) -> Counter:
 CASES = [
     # (layout, run settings)
     ("dp=2,fsdp=2,tp=2", dict(precision="fp32", remat="full")),
-    ("dp=2,fsdp=2,tp=2", dict(precision="bf16-mixed", remat="none")),
     ("dp=4,tp=2", dict(precision="fp32", remat="selective", zero1=True)),
     ("dp=2,fsdp=2,tp=2", dict(precision="fp32", remat="full", microbatches=2)),
     ("dp=2,tp=2,pp=2", dict(precision="fp32", remat="full", microbatches=2)),

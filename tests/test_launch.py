@@ -90,21 +90,8 @@ def test_a_killed_process_ends_the_others():
     """SIGKILL one process mid-run (after step 6: progress lines come every 10 % of 60 steps): the
     launcher names it, the survivor ends non-zero within the deadline, and the launcher exits with
     the killed process's code (128 + 9)."""
-    proc = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", "launch", "--processes", "2", "--", "train",
-                             "--steps", "60", "--batch", "16", "--seq", "64"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT), CI="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    start = time.monotonic()
-    pids = None
+    proc, pids, lines = _launch_until_step()
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("rainier launch: 2 processes"):
-                pids = [int(p) for p in line.split("(pids ")[1].split(")")[0].split(", ")]
-            if line.startswith("[p0] step ") and pids:
-                break
-            assert time.monotonic() - start < TIMEOUT_S, "no step within the time limit"
         os.kill(pids[1], signal.SIGKILL)
         killed = time.monotonic()
         rest, _ = proc.communicate(timeout=60)
@@ -119,6 +106,39 @@ def test_a_killed_process_ends_the_others():
     assert "process 1 failed first (was killed by SIGKILL); process 0 " in output
     with pytest.raises(ProcessLookupError):   # the survivor is gone too
         os.kill(pids[0], 0)
+
+
+def _launch_until_step(*train_args):
+    """Start a 2-process launch of `train` and read its output until process 0 reports a step."""
+    proc = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", "launch", "--processes", "2", "--", "train",
+                             "--steps", "60", "--batch", "16", "--seq", "64", *train_args], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), CI="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, pids, start = [], None, time.monotonic()
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("rainier launch: 2 processes"):
+            pids = [int(p) for p in line.split("(pids ")[1].split(")")[0].split(", ")]
+        if line.startswith("[p0] step ") and pids:
+            return proc, pids, lines
+        if time.monotonic() - start > TIMEOUT_S:
+            proc.kill()
+            pytest.fail("no step within the time limit:\n" + "".join(lines[-20:]))
+    pytest.fail("the launch ended before its first step:\n" + "".join(lines[-20:]))
+
+
+def test_sigterm_to_the_launcher_saves_and_exits_0(tmp_path):
+    """SIGTERM reaches both processes; they agree on the step to stop after, save it together and
+    exit 0 — and the checkpoint they wrote resumes."""
+    proc, pids, lines = _launch_until_step("--checkpoint-dir", str(tmp_path / "ck"))
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    stopped = [line for line in output.splitlines() if "stopped by SIGTERM after step" in line]
+    assert len(stopped) == 1 and stopped[0].startswith("[p0] "), output[-3000:]
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    assert 6 <= step < 60 and (tmp_path / "ck" / str(step) / "MANIFEST.sha256").is_file()
 
 
 def _busy_port():
