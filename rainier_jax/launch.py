@@ -124,10 +124,7 @@ def run(processes: int, command: list[str], port: int) -> int:
     say(f"rainier launch: {processes} processes on 127.0.0.1:{port} "
         f"(pids {', '.join(str(p.pid) for p in children)}): {' '.join(command)}")
 
-    forwarded = []
-
     def forward(signum, frame):
-        forwarded.append(signum)
         for p in children:
             if p.poll() is None:
                 p.send_signal(signum)
