@@ -67,8 +67,8 @@ def _dumped(program_dir) -> bool:
 def test_the_dump_happens_although_the_cache_holds_the_program(dft_program, dft_profile, tmp_path):
     """A persistent-cache hit skips compilation and the HLO dump (the cache key ignores dump
     options); profile_step must compile anyway, and leave the cache working."""
-    if not (jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir):
-        pytest.skip("needs the persistent compile cache (tests/conftest.py)")
+    assert jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir, \
+        "tests/conftest.py enables the persistent compile cache this test is about"
     layout = parse_layout(DFT, 8)
     mesh = mesh_on_ranks(layout, place(layout, MINI8))
 
