@@ -12,6 +12,12 @@ DEFAULT_MESH = "trn2-mini-8"
 CHECK_ONLY_ENV = "RAINIER_CHECK_ONLY"
 DEFAULT_MODEL = "tiny"
 
+
+def check_only() -> bool:
+    """True in `rainier launch`'s dry run (CHECK_ONLY_ENV)."""
+    import os
+    return os.environ.get(CHECK_ONLY_ENV) == "1"
+
 RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
              "precision", "remat", "zero1")
 # Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.

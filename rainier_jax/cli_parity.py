@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
-from rainier_jax.cli_common import CHECK_ONLY_ENV, run_config, start_jax, writable_dir
+from rainier_jax.cli_common import check_only, run_config, start_jax, writable_dir
 from rainier_jax.config import ConfigError
 
 
@@ -72,7 +71,7 @@ def cmd_parity(args) -> int:
     report_dir = writable_dir(args.report) if args.report and cluster.primary else None
     say = print if cluster.primary else (lambda *a, **k: None)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
-    if os.environ.get(CHECK_ONLY_ENV) == "1":   # `rainier launch` asked whether the command is valid
+    if check_only():   # `rainier launch` asked whether the command is valid
         return 0
 
     start_jax(topo.num_ranks, cluster, topo)

@@ -6,11 +6,10 @@ manifest and run record are read without JAX)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 
-from rainier_jax.cli_common import (CHECK_ONLY_ENV, DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, given,
+from rainier_jax.cli_common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, check_only, given,
                                     run_config, start_jax, writable_dir)
 from rainier_jax.config import ConfigError
 
@@ -90,7 +89,7 @@ def cmd_train(args) -> int:
             print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
                   f"(give --steps above {start} to extend it)")
             return 0
-    checking = os.environ.get(CHECK_ONLY_ENV) == "1"
+    checking = check_only()
     if args.metrics and checking:
         MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None, check_only=True)
     if checking:   # `rainier launch` asked whether the command is valid: it is

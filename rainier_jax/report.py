@@ -48,19 +48,19 @@ class MetricsLog:
         self.path = Path(path)
         self.dropped = 0
         last = self._last_step()
-        if check_only:
-            if not resuming and last is not None and last >= first_step:
-                raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
-                                  f"would write step {first_step} again; pass a new path or move the file away")
-            if not os.access(self.path if self.path.exists() else (self.path.parent or Path(".")), os.W_OK):
-                raise ConfigError(f"--metrics {path}: cannot write there; give a path in a writable directory")
-            return
         if resuming and last is not None and last >= first_step:
-            self._drop_from(first_step)
-            last = self._last_step()
+            if check_only:
+                last = None   # the run itself will drop them
+            else:
+                self._drop_from(first_step)
+                last = self._last_step()
         if last is not None and last >= first_step:
             raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
                               f"would write step {first_step} again; pass a new path or move the file away")
+        if check_only:
+            if not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
+                raise ConfigError(f"--metrics {path}: cannot write there; give a path in a writable directory")
+            return
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except OSError as e:
