@@ -28,6 +28,12 @@ def given(args, names) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
+def defaulted(args, base: dict | None = None) -> frozenset[str]:
+    """The run settings that hold RunConfig's default: neither given as a flag nor taken from a
+    resumed run's record (error messages say "(the default)" for those)."""
+    return frozenset(k for k in RUN_FLAGS if getattr(args, k, None) is None and k not in (base or {}))
+
+
 def run_config(args, base: dict | None = None):
     """RunConfig from the flags given, over `base` (a resumed run's saved settings) or the defaults."""
     from rainier_jax.run_config import RunConfig

@@ -82,6 +82,7 @@ def _run(args):
 
 
 def cmd_estimate(args) -> int:
+    from rainier_jax.cli_common import defaulted
     from rainier_jax.estimate import estimate
     from rainier_jax.layout import layout_warnings, parse_layout, place, validate_all
     from rainier_jax.precision import check_compatible
@@ -90,7 +91,7 @@ def cmd_estimate(args) -> int:
     layout = parse_layout(args.parallel, topo.num_ranks)
     run = _run(args)
     validate_all(layout, cfg, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                 virtual_stages=run.virtual_stages)
+                 virtual_stages=run.virtual_stages, defaulted=defaulted(args))
     check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
     placement = place(layout, topo)
     if args.compiled:

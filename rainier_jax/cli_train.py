@@ -9,7 +9,7 @@ import dataclasses
 import sys
 import time
 
-from rainier_jax.cli_common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, check_only, given,
+from rainier_jax.cli_common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, check_only, defaulted, given,
                                     run_config, start_jax, writable_dir)
 from rainier_jax.config import ConfigError
 
@@ -75,9 +75,16 @@ def cmd_train(args) -> int:
     layout = parse_layout(args.parallel, topo.num_ranks)
     run = run_config(args, base=found.meta["run"] if found is not None else None)
     validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                 virtual_stages=run.virtual_stages)
+                 virtual_stages=run.virtual_stages,
+                 defaulted=defaulted(args, found.meta["run"] if found is not None else None))
     check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
     placement = place(layout, topo)
+    from rainier_jax import host_memory
+    here, share = host_memory.processes_on_this_host(cluster)
+    host_memory.check([host_memory.need(model, topo, layout, run, what=f"layout {layout}",
+                                        ranks=round(layout.size * share))],
+                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
+                      hint=host_memory.hint_for(layout))
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     start = 0
     if found is not None:

@@ -67,23 +67,32 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return {_convert(k, kt, f"{where}.{k}"): _convert(v, vt, f"{where}.{k}")
                 for k, v in value.items()}
+    from rainier_jax.values import INT64_MAX, finite_float, show
     if tp is float:
         # TOML writes 1000 for a float-valued figure as often as 1000.0; ints are exact here.
+        # No setting of any file means anything as nan or inf (TOML allows both).
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if isinstance(value, int) and abs(value) > INT64_MAX:
+                raise ConfigError(f"{where}: {show(value)} is too large for a number here")
+            return finite_float(f"{where} =", value, positive=False)
+        raise ConfigError(f"{where}: expected a number, got {show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT64_MAX:   # numpy and XLA hold sizes and counts in int64
+                raise ConfigError(f"{where}: {show(value)} is too large (at most {INT64_MAX:,})")
             return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {show(value)}"
+                          + (" (write it without quotes)" if isinstance(value, str) and value.strip().lstrip("-").isdigit()
+                             else ""))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {show(value)!r}"
+                          + (" (write it without quotes)" if str(value).lower() in ("true", "false") else ""))
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {show(value)}")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
@@ -115,16 +124,46 @@ def from_mapping(cls: type[T], data: dict[str, Any], *, where: str) -> T:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+# Mesh and model files are a few KiB; a bigger file is a wrong path, not a config.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_text_file(path: Path, what: str) -> bytes:
+    """The bytes of a small config file, refusing non-regular files (a FIFO would block) and
+    anything over MAX_CONFIG_BYTES, in one line."""
+    import os
+    import stat
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file; give the path of a {what}")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {st.st_size:,} bytes is too large for a {what} "
+                          f"(at most {MAX_CONFIG_BYTES:,}); check the path")
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            return f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(read_text_file(path, "TOML file").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (no rainier file nests more than a few levels)") from None
+    except ValueError as e:   # an integer of more than 4,300 digits, which Python refuses to convert
+        raise ConfigError(f"{path}: not a usable TOML file ({str(e)[:80]})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
 

@@ -22,6 +22,7 @@ from rainier_jax.config import ConfigError
 from rainier_jax.topology import Topology
 from rainier_jax.model_config import ModelConfig
 from rainier_jax.schedules import SCHEDULES, ScheduleKind, validate as validate_schedule
+from rainier_jax.values import show
 
 # Mesh axis order, slowest-varying first. Every mesh has all four axes (size 1 when unused), so
 # sharding rules never need to ask which axes exist.
@@ -59,9 +60,10 @@ def parse_layout(text: str | None, num_ranks: int, *, flag: str = "--parallel") 
         return ParallelLayout(dp=num_ranks)
     sizes: dict[str, int] = {}
     for part in text.split(","):
-        m = re.fullmatch(r"\s*([a-z]+)\s*=\s*(-?\d+)\s*", part)
+        # At most 18 digits: any axis size past int64 is refused as unreadable, not converted.
+        m = re.fullmatch(r"\s*([a-z]+)\s*=\s*(-?\d{1,18})\s*", part)
         if not m:
-            raise ConfigError(f"{flag} {text}: cannot read '{part}' (expected AXIS=N, e.g. dp=2,tp=4)")
+            raise ConfigError(f"{flag} {show(text)}: cannot read {show(part)!r} (expected AXIS=N, e.g. dp=2,tp=4)")
         axis, n = m.group(1), int(m.group(2))
         if axis not in AXES:
             raise ConfigError(f"{flag} {text}: unknown axis '{axis}' (axes: {', '.join(AXES)})")
@@ -107,23 +109,27 @@ def validate_batch(layout: ParallelLayout, batch: int, flag: str = "--parallel",
 
 
 def validate_all(layout: ParallelLayout, cfg: ModelConfig, *, batch: int, schedule: str, microbatches: int,
-                 virtual_stages: int, flag: str = "--parallel") -> None:
-    """Everything a layout must satisfy before it runs: model shapes, pipeline settings, batch."""
+                 virtual_stages: int, flag: str = "--parallel", defaulted: frozenset[str] = frozenset()) -> None:
+    """Everything a layout must satisfy before it runs: model shapes, pipeline settings, batch.
+    `defaulted`: the settings that hold their default (messages say so)."""
     validate_for_model(layout, cfg, flag=flag)
-    validate_pipeline(layout, cfg, schedule=schedule, microbatches=microbatches, virtual_stages=virtual_stages)
+    validate_pipeline(layout, cfg, schedule=schedule, microbatches=microbatches, virtual_stages=virtual_stages,
+                      defaulted=defaulted)
     validate_batch(layout, batch, flag=flag, microbatches=microbatches)
 
 
 def validate_pipeline(layout: ParallelLayout, cfg: ModelConfig, *, schedule: str, microbatches: int,
-                      virtual_stages: int) -> None:
+                      virtual_stages: int, defaulted: frozenset[str] = frozenset()) -> None:
     """Schedule name, microbatch and virtual-stage counts against pp and the model's depth."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"--schedule {schedule}: unknown schedule (choose {', '.join(SCHEDULES)})")
-    validate_schedule(ScheduleKind(schedule), layout.pp, microbatches, virtual_stages, n_layers=cfg.n_layers)
+    validate_schedule(ScheduleKind(schedule), layout.pp, microbatches, virtual_stages, n_layers=cfg.n_layers,
+                      defaulted=defaulted)
 
 
 def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+    # Only the small ones are worth listing (and scanning to n would take ages for a huge n).
+    return ", ".join(str(d) for d in range(1, min(n, 64) + 1) if n % d == 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from rainier_jax.config import ConfigError, from_mapping, read_toml, resolve_named_file
+from rainier_jax.config import ConfigError, from_mapping, read_text_file, read_toml, resolve_named_file
+from rainier_jax.values import bounded_int, finite_float, show, size_product
 
 ARCHITECTURES = ("llama", "gpt2")
 
@@ -39,11 +40,15 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch = {self.arch!r}: one of {', '.join(ARCHITECTURES)}")
+        # Dimensions index int32 arrays in the compiled program (token ids, positions).
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} = {getattr(self, key)} must be positive")
-        if self.head_dim < 0:
-            raise ValueError(f"head_dim = {self.head_dim} must be positive (or 0 for d_model/n_heads)")
+            bounded_int(f"{key} =", getattr(self, key), why="dimensions are int32 in the program")
+        bounded_int("head_dim =", self.head_dim, lo=0, want="positive (or 0 for d_model/n_heads)")
+        bounded_int("max_positions =", self.max_positions, lo=0, want="0 (not stated) or positive")
+        finite_float("rope_theta =", self.rope_theta, want="the positive RoPE base, e.g. 10000.0")
+        finite_float("norm_eps =", self.norm_eps, want="a small positive epsilon, e.g. 1e-5")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings = {show(self.tie_embeddings)} must be true or false")
         if self.head_dim == 0:
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; "
@@ -53,9 +58,25 @@ class ModelConfig:
             raise ValueError(f"head_dim = {self.head_dim} must be even for RoPE")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
+        # A tensor past this has no real model behind it (llama-3.1-405b's largest, the stacked
+        # MLP weights, holds 1.1e11 elements) and sizes near 2**63 make XLA abort the process.
+        for path, shape in _leaves_with_paths(param_shapes(self)):
+            size_product(f"parameter {path}", shape, limit=MAX_TENSOR_ELEMENTS,
+                         why="elements in one tensor; no real model comes near it")
 
     def num_params(self) -> int:
         return sum(math.prod(shape) for shape in _leaves(param_shapes(self)))
+
+
+MAX_TENSOR_ELEMENTS = 2**48
+
+
+def _leaves_with_paths(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves_with_paths(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def _leaves(tree: dict):
@@ -89,11 +110,13 @@ def load_hf_config(path: Path) -> ModelConfig:
     """A Hugging Face `config.json` (model_type llama or gpt2) → ModelConfig."""
     where = f"--model {path}"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{where}: not a readable JSON config ({e})") from None
+        raw = json.loads(read_text_file(path, "Hugging Face config.json").decode("utf-8"))
+    except ConfigError as e:
+        raise ConfigError(f"--model {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read (a config.json nests a few levels)") from None
+    except (UnicodeDecodeError, ValueError) as e:   # ValueError: bad JSON, or a 4,300+ digit integer
+        raise ConfigError(f"{where}: not a readable JSON config ({str(e)[:100]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a JSON object")
     kind = raw.get("model_type")
@@ -109,11 +132,21 @@ def load_hf_config(path: Path) -> ModelConfig:
                 raise ConfigError(f"{where}: missing {key} (a {kind} config.json needs {', '.join(required)})")
             value = fallback(fields)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} = {value!r} must be an integer")
+            raise ConfigError(f"{where}: {key} = {show(value)!r} must be an integer")
         fields[field] = value
-    extra = ({"rope_theta": float(raw.get("rope_theta", 10000.0)), "norm_eps": float(raw.get("rms_norm_eps", 1e-5)),
-              "tie_embeddings": bool(raw.get("tie_word_embeddings", False))} if kind == "llama"
-             else {"norm_eps": float(raw.get("layer_norm_epsilon", 1e-5)), "tie_embeddings": True})
+    # The optional keys are checked for their type here (a string "false" is not false, "1e-5" is
+    # not a number); their ranges by ModelConfig.
+    optional = ({"rope_theta": ("rope_theta", 10000.0, float), "norm_eps": ("rms_norm_eps", 1e-5, float),
+                 "tie_embeddings": ("tie_word_embeddings", False, bool)} if kind == "llama"
+                else {"norm_eps": ("layer_norm_epsilon", 1e-5, float)})
+    extra = {} if kind == "llama" else {"tie_embeddings": True}
+    for field, (key, default, tp) in optional.items():
+        value = raw.get(key, default)
+        ok = isinstance(value, bool) if tp is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {show(value)!r} must be "
+                              + ("true or false (JSON, no quotes)" if tp is bool else "a number (no quotes)"))
+        extra[field] = float(value) if tp is float else value
     name = raw.get("_name_or_path") or path.parent.name or path.stem
     try:
         return ModelConfig(name=str(name), arch=kind, **fields, **extra)

@@ -4,9 +4,9 @@ before JAX starts. No JAX here, so the CLI rejects bad values in a fraction of a
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from rainier_jax.precision import PRESETS, Policy, get_policy
+from rainier_jax.values import INT32_MAX, bounded_int, finite_float, size_product
 
 # Activation rematerialisation choices (transformer.run_layers); kept here so the CLI checks the
 # flag before JAX starts.
@@ -41,17 +41,25 @@ class RunConfig:
     zero1: bool = False
 
     def __post_init__(self):
-        checks = [("--steps", self.steps > 0, "a positive number of steps"),
-                  ("--batch", self.batch > 0, "a positive number of sequences"),
-                  ("--seq", self.seq > 0, "a positive sequence length"),
-                  ("--lr", self.lr > 0 and math.isfinite(self.lr), "a positive learning rate"),
-                  ("--eval-every", self.eval_every >= 0, "0 (only at the end) or a positive interval"),
-                  ("--seed", self.seed >= 0, "a non-negative integer"),
-                  ("--microbatches", self.microbatches > 0, "a positive number of microbatches"),
-                  ("--virtual-stages", self.virtual_stages > 0, "a positive number of chunks per device")]
-        for flag, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))}: must be {want}")
+        # Each bound is what the compiled program can hold: the step counter, token ids and batch
+        # indices are int32; the batch is an int32 array of batch × (seq + 1) tokens.
+        for flag, lo, why in (("--steps", 1, "the step counter is int32"),
+                              ("--batch", 1, "batch indices are int32"),
+                              ("--seq", 1, "positions are int32"),
+                              ("--seed", 0, "seeds enter the program as int32"),
+                              ("--eval-every", 0, "steps are int32"),
+                              ("--microbatches", 1, "a count of batch slices"),
+                              ("--virtual-stages", 1, "a count of model chunks")):
+            want = {"--seed": "a non-negative integer",
+                    "--eval-every": "0 (only at the end) or a positive interval"}.get(flag)
+            bounded_int(flag, getattr(self, _attr(flag)), lo=lo, want=want, why=why)
+        size_product("--batch × --seq", {"--batch": self.batch, "--seq + 1": self.seq + 1}, limit=INT32_MAX,
+                     why="the step's batch is one int32 array")
+        finite_float("--lr", self.lr, want="a positive learning rate")
+        for key in ("min_lr_ratio", "weight_decay", "grad_clip"):
+            finite_float(key, getattr(self, key), positive=key == "grad_clip")
+        bounded_int("warmup_steps", self.warmup_steps, lo=0)
+        bounded_int("eval_batches", self.eval_batches)
         get_policy(self.precision)  # an unknown preset: ConfigError naming --precision
         if self.remat not in REMAT:
             raise ValueError(f"--remat {self.remat}: one of {', '.join(REMAT)}")
@@ -59,3 +67,7 @@ class RunConfig:
     @property
     def policy(self) -> Policy:
         return PRESETS[self.precision]
+
+
+def _attr(flag: str) -> str:
+    return flag[2:].replace("-", "_")

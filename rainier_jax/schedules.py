@@ -26,6 +26,7 @@ from enum import Enum
 import numpy as np
 
 from rainier_jax.config import ConfigError
+from rainier_jax.values import bounded_int, size_product
 
 IDLE = -1
 
@@ -222,27 +223,45 @@ def segments(s: Schedule) -> list[tuple[int, int, bool, bool]]:
     return runs
 
 
-def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None) -> None:
-    """Bad pipeline settings → one line naming the flag and the fix."""
-    if P < 1:
-        raise ConfigError(f"--pp {P}: must be a positive number of stages")
-    if M < 1:
-        raise ConfigError(f"--microbatches {M}: must be a positive number")
-    if V < 1:
-        raise ConfigError(f"--virtual-stages {V}: must be a positive number")
+# The simulator and the table cost time and memory in proportion to devices × ticks, about
+# P·(V·M + P) cells (≈ 4 µs each here): 2**18 cells is about a second, e.g. pp=64 with 1,024
+# microbatches, or pp=128 with 512 × 2 virtual stages. Beyond it the schedule is refused, not
+# ground through for minutes.
+MAX_SCHEDULE_CELLS = 2**18
+
+
+def _setting(flag: str, value: int, defaulted: frozenset[str]) -> str:
+    """`--microbatches 1`, or `--microbatches 1 (the default)` when the user did not give it, so
+    a message never blames a flag the user never typed without saying so."""
+    return f"{flag} {value}" + (" (the default)" if flag.lstrip("-").replace("-", "_") in defaulted else "")
+
+
+def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None, *,
+             defaulted: frozenset[str] = frozenset()) -> None:
+    """Bad pipeline settings → one line naming the flag and the fix. `defaulted` names the
+    settings (microbatches, virtual_stages, schedule) that hold their default value, not one
+    the user gave."""
+    mb, vs = _setting("--microbatches", M, defaulted), _setting("--virtual-stages", V, defaulted)
+    sched = kind.value + (" (the default schedule)" if "schedule" in defaulted else "")
+    bounded_int("--pp", P, want="a positive number of stages")
+    bounded_int("--microbatches", M, want="a positive number")
+    bounded_int("--virtual-stages", V, want="a positive number")
+    size_product("pipeline schedule", {"pp": P, "(virtual stages × microbatches + pp)": V * M + P},
+                 limit=MAX_SCHEDULE_CELLS, why="the schedule table's devices × ticks; larger tables take minutes")
     if kind is ScheduleKind.INTERLEAVED:
         if V < 2:
-            raise ConfigError(f"--virtual-stages {V}: the interleaved schedule needs at least 2 "
+            raise ConfigError(f"{vs}: the interleaved schedule needs at least 2 "
                               "virtual stages per device (e.g. --virtual-stages 2)")
         if M % P:
-            raise ConfigError(f"--microbatches {M}: the interleaved schedule runs microbatches in groups "
+            raise ConfigError(f"{mb}: the interleaved schedule runs microbatches in groups "
                               f"of pp={P}; use a multiple of {P}")
     elif V != 1:
-        raise ConfigError(f"--virtual-stages {V}: only the interleaved schedule uses virtual stages "
+        raise ConfigError(f"{vs}: only the interleaved schedule uses virtual stages "
                           f"(use --schedule interleaved, or --virtual-stages 1)")
     if kind is not ScheduleKind.GPIPE and M < P:
-        raise ConfigError(f"--microbatches {M}: {kind.value} needs at least as many microbatches as "
-                          f"stages (pp={P}); use --microbatches {P} or more")
+        raise ConfigError(f"{mb}: {sched} needs at least as many microbatches as "
+                          f"stages (pp={P}); use --microbatches {P} or more"
+                          + (", or --schedule gpipe" if "schedule" in defaulted else ""))
     if n_layers is not None and n_layers % (P * V):
         raise ConfigError(f"--pp {P}: the model's {n_layers} layers do not split into pp×virtual stages = "
                           f"{P * V} equal chunks; choose pp×V dividing {n_layers}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rainier_jax.config import ConfigError, from_mapping, read_toml, resolve_named_file
+from rainier_jax.values import bounded_int, show, size_product
 
 LINK_CLASSES = ("on_chip", "torus", "ring", "efa")
 # Peak-FLOP/s keys a mesh file may give; a closed set so that a typo ("bfloat16") is an error
@@ -85,18 +86,31 @@ class _MeshFile:
     links: _LinksFile
 
     def __post_init__(self):
-        _require(self.instances > 0, f"instances = {self.instances} must be >= 1")
+        _require(self.instances > 0, f"instances = {show(self.instances)} must be >= 1")
         _require(len(self.torus) == 2,
                  f"torus = {list(self.torus)}: give [X, Y], the chips per instance in each dimension")
         _require(all(n > 0 for n in self.torus), f"torus = {list(self.torus)}: sizes must be >= 1")
         _require(bool(self.ranks_per_chip), "ranks_per_chip: empty (add e.g. `2 = 4` under it)")
         for key, n in self.ranks_per_chip.items():
-            _require(key.isdigit() and int(key) > 0,
+            _require(key.isdigit() and 0 < int(key) <= 64,
                      f"ranks_per_chip.{key}: keys are LNC settings (positive integers, e.g. `2 = 4`)")
-            _require(n > 0, f"ranks_per_chip.{key} = {n} must be >= 1")
+            _require(n > 0, f"ranks_per_chip.{key} = {show(n)} must be >= 1")
+            check_ranks("ranks", {"instances": self.instances, "torus X": self.torus[0], "torus Y": self.torus[1],
+                                  f"ranks_per_chip.{key}": n})
         _require(str(self.default_lnc) in self.ranks_per_chip,
                  f"default_lnc = {self.default_lnc} is not listed under [ranks_per_chip] "
                  f"(add `{self.default_lnc} = ...` there or pick a listed LNC)")
+
+
+# Geometry questions cost time linear in the ranks (estimate on 16,384 ranks takes about 3 s,
+# on 262,144 about 35 s, on 4,194,304 over 8 minutes), so a mesh beyond this many ranks — 16,384
+# trn2 chips at LNC=2, 64 UltraServers' worth per node count — is refused rather than ground through.
+MAX_RANKS = 65_536
+
+
+def check_ranks(name: str, factors: dict[str, int]) -> int:
+    return size_product(name, factors, limit=MAX_RANKS,
+                        why="the most ranks rainier models; geometry work grows with every rank")
 
 
 # ---- the public model ----
@@ -313,8 +327,8 @@ def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--m
 
 def with_nodes(topo: Topology, nodes: int, *, flag: str = "--nodes") -> Topology:
     """`nodes` copies of `topo` joined by its `efa` link class."""
-    if nodes < 1:
-        raise ConfigError(f"{flag} {nodes}: must be at least 1")
+    bounded_int(flag, nodes, want="at least 1")
+    check_ranks(flag, {flag: nodes, f"ranks of {topo.name}": topo.num_ranks})
     if nodes == 1:
         return topo
     return dataclasses.replace(topo, name=f"{topo.name}×{nodes}", nodes=nodes,
