@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-from rainier_jax.cli_common import check_only, run_config, start_jax, writable_dir
+from rainier_jax.cli_common import check_only, defaulted, run_config, start_jax, writable_dir
 from rainier_jax.config import ConfigError
 
 
@@ -64,15 +65,28 @@ def cmd_parity(args) -> int:
     checks.append((ref_layout, "--reference", ref_run))
     for layout, flag, layout_run in checks:
         validate_all(layout, model, batch=run.batch, schedule=layout_run.schedule,
-                     microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag)
+                     microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag,
+                     defaulted=defaulted(args))
         check_compatible(layout_run.policy, pp=layout.pp, microbatches=layout_run.microbatches,
                          flag="--reference-precision" if flag == "--reference" else "--precision")
+    # The reference and one candidate at a time are held (each candidate's program is dropped
+    # before the next is built): the largest candidate decides.
+    from rainier_jax import host_memory
+    here, share = host_memory.processes_on_this_host(cluster)
+    biggest = max((host_memory.need(model, topo, c, run_for(c), what=f"candidate {c}", ranks=round(c.size * share))
+                   for c in candidates), key=lambda n: n.total)
+    host_memory.check([biggest, host_memory.need(model, topo, ref_layout, ref_run, what=f"reference {reference or 'single'}")],
+                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
+                      hint=host_memory.hint_for(max(candidates, key=lambda c: c.dp)))
     # Only process 0 prints and writes the report; every process computes the same verdict.
     report_dir = writable_dir(args.report) if args.report and cluster.primary else None
     say = print if cluster.primary else (lambda *a, **k: None)
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     if check_only():   # `rainier launch` asked whether the command is valid
         return 0
+    if cluster.primary:
+        for note in corpus.notes:  # e.g. a --data file that looks binary
+            print(note, file=sys.stderr)
 
     start_jax(topo.num_ranks, cluster, topo)
 
@@ -95,6 +109,7 @@ def cmd_parity(args) -> int:
                 "reference_precision": ref_run.precision, "corpus_sha256": corpus.sha256,
                 "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
     results = []
+    written: list = []  # report files, each named as the user gave --report (or under it)
     if args.matrix:
         say(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
               f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {precisions})")
@@ -116,10 +131,18 @@ def cmd_parity(args) -> int:
                 f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
                 f"batch {run.batch} × seq {run.seq}, {precisions})")))
         if report_dir is not None:
-            write_report(result, report_dir / str(layout) if args.matrix else report_dir,
-                         {**settings, "candidate": str(layout), "reference": ref_name})
+            written += write_report(result, report_dir / str(layout) if args.matrix else report_dir,
+                                    {**settings, "candidate": str(layout), "reference": ref_name})
     failed = [r for r in results if not r.passed]
     if args.matrix:
         say(f"{len(results) - len(failed)} of {len(results)} layouts pass"
               + (f"; first failure: {failed[0].candidate}: {failed[0].first_violation}" if failed else ""))
+    # On stderr, like the notes: stdout stays the same for the same command wherever --report points,
+    # so two runs' outputs diff clean (tests/test_parity.py compares them).
+    if written and args.matrix:  # one line, not one per layout
+        names = ", ".join(dict.fromkeys(p.name for p in written))
+        print(f"wrote {len(results)} reports ({names}), one directory per layout under {report_dir}, "
+              f"e.g. {written[0].parent}", file=sys.stderr)
+    elif written:
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 1 if failed else 0

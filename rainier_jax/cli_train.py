@@ -6,6 +6,7 @@ manifest and run record are read without JAX)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 
@@ -34,6 +35,13 @@ def checkpoint_plan(args):
                           "(leave it out to save only at the end and when stopped)")
     if args.keep is not None and args.keep <= 0:
         raise ConfigError(f"--keep {args.keep}: must keep at least 1 checkpoint")
+    from rainier_jax.values import bounded_int
+    for name in ("checkpoint_every", "keep"):
+        if getattr(args, name) is not None:
+            bounded_int(resume.flag(name), getattr(args, name))
+    # Made absolute here, at the edge: orbax refuses relative paths, and a resumed run may start
+    # from another working directory.
+    args.checkpoint_dir = os.path.abspath(args.checkpoint_dir)
     directory = Path(args.checkpoint_dir)
     if not args.resume:
         if steps := resume.steps_on_disk(directory):
@@ -79,12 +87,6 @@ def cmd_train(args) -> int:
                  defaulted=defaulted(args, found.meta["run"] if found is not None else None))
     check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
     placement = place(layout, topo)
-    from rainier_jax import host_memory
-    here, share = host_memory.processes_on_this_host(cluster)
-    host_memory.check([host_memory.need(model, topo, layout, run, what=f"layout {layout}",
-                                        ranks=round(layout.size * share))],
-                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
-                      hint=host_memory.hint_for(layout))
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     start = 0
     if found is not None:
@@ -96,6 +98,13 @@ def cmd_train(args) -> int:
             print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
                   f"(give --steps above {start} to extend it)")
             return 0
+    # After the resume checks: a model the checkpoint refuses is named as such first.
+    from rainier_jax import host_memory
+    here, share = host_memory.processes_on_this_host(cluster)
+    host_memory.check([host_memory.need(model, topo, layout, run, what=f"layout {layout}",
+                                        ranks=round(layout.size * share))],
+                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
+                      hint=host_memory.hint_for(layout))
     checking = check_only()
     if args.metrics and checking:
         MetricsLog(args.metrics, first_step=start + 1, resuming=found is not None, check_only=True)
@@ -108,6 +117,8 @@ def cmd_train(args) -> int:
     if cluster.primary:
         for w in layout_warnings(layout, topo, placement):
             print(w, file=sys.stderr)
+        for note in corpus.notes:  # e.g. a --data file that looks binary (load_corpus never prints)
+            print(note, file=sys.stderr)
     saver = None
     if ckpt_dir is not None:
         from rainier_jax import resume
@@ -129,7 +140,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     from rainier_jax import cluster as cluster_lib
     from rainier_jax.layout import axis_links, describe_links
     from rainier_jax.report import Progress, summary
-    from rainier_jax.train import build_program, local_value, mesh_on_ranks, train
+    from rainier_jax.train import StopRun, build_program, local_value, mesh_on_ranks, train
 
     cluster = cluster or cluster_lib.SINGLE
     mesh = mesh_on_ranks(layout, placement)
@@ -162,10 +173,18 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
 
     t0 = time.perf_counter()
     if saver is not None:
+        import logging
+
         from rainier_jax.checkpoint_session import CheckpointSession
+        # orbax logs a failed background write at ERROR before raising it to the loop; the run
+        # reports it itself, in one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        _quiet_orbax_teardown()
         session = CheckpointSession(saver)
     else:
         session = None
+    halted = None     # a StopRun: why the run ended early, for the one line on stderr
+    save_failed = False
     try:
         program = build_program(model, layout, mesh, run)
         say(f"compiled in {program.compile_seconds:.1f} s", flush=True)
@@ -176,26 +195,113 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
         def on_step(rec):
             progress.update(rec)
             if metrics is not None:
-                metrics.write(rec)
+                try:
+                    metrics.write(rec)
+                except OSError as e:   # the first failed write ends the run; later ones would fail too
+                    raise StopRun(f"--metrics {metrics.path}: cannot write step {rec.step} ({e.strerror or e})")
+
+        def save(step, state):
+            nonlocal save_failed
+            try:
+                session.save(step, state)
+            except Exception as e:  # noqa: BLE001 — orbax reports a failed write in many types
+                save_failed = True
+                raise StopRun(_save_failure(e, session, also=step)) from None
 
         try:
             state = train(program, corpus, on_step=on_step, state=state,
-                          save=session.save if session is not None else None,
+                          save=save if session is not None else None,
                           save_every=session.every if session is not None else 0,
                           should_stop=cluster_lib.agreed(session.stop.is_set, cluster) if session is not None
                           else None)
+        except StopRun as e:
+            halted = e
         finally:
             progress.close()
             if metrics is not None:
                 metrics.close()
     finally:
         if session is not None:
-            session.close()   # waits for every save in flight to commit
+            try:
+                session.close()   # waits for every save in flight to commit
+            except Exception as e:  # noqa: BLE001 — the last save failed in orbax's background thread
+                save_failed = True
+                halted = halted or StopRun(_save_failure(e, session))
+    if halted is not None:
+        return _halt(halted, session, save_failed, cluster)
     say(summary(progress.records, compile_seconds=program.compile_seconds,
                   wall_seconds=time.perf_counter() - t0))
+    if metrics is not None:
+        say(f"metrics: {metrics.written} records appended to {metrics.path}")
     if session is not None:
         say(session.describe(int(local_value(state.step))))
     return 0
+
+
+def _quiet_orbax_teardown() -> None:
+    """After a failed background write, tensorstore's completion callbacks keep calling into
+    orbax's event loop, which is closed by then, and each prints a RuntimeError traceback through
+    sys.excepthook / sys.unraisablehook. The failure itself is raised to the loop and reported in
+    one line, so exactly those (and nothing else) are dropped."""
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, exc, tb):
+        if not closed_loop(exc):
+            previous_except(kind, exc, tb)
+
+    def unraisablehook(u):
+        if not closed_loop(u.exc_value):
+            previous_unraisable(u)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
+def _save_failure(e: Exception, session, also: int | None = None) -> str:
+    """One line for a failed checkpoint write; a full disk is named as such. Saves run in the
+    background, so the error may belong to an earlier save than the one being started (`also`):
+    the failed step is the oldest started save that never committed."""
+    if isinstance(e, ConfigError):   # e.g. a step folder that appeared during the run: says it all
+        return str(e)
+    started = session.checkpointer.saved + ([also] if also is not None else [])
+    lost = [s for s in started if not (session.directory / str(s)).is_dir()]
+    step = lost[0] if lost else also
+    text = " ".join(str(e).split())
+    chain, cause = [text], e.__cause__ or e.__context__
+    while cause is not None and len(chain) < 5:
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    at = f" of step {step}" if step is not None else ""
+    if any("No space left on device" in c or "ENOSPC" in c for c in chain):
+        return f"--checkpoint-dir: the disk is full: the checkpoint{at} could not be written"
+    return f"--checkpoint-dir: the checkpoint{at} could not be written ({type(e).__name__}: {text[:160]})"
+
+
+def _halt(halted: Exception, session, save_failed: bool, cluster) -> int:
+    """One line on stderr: why the run stopped and which checkpoint is the newest intact one;
+    exit 1. After a failed save, orbax's background threads are left in a failed state whose
+    teardown at interpreter exit prints pages of tracebacks: the process ends at once instead
+    (every completed checkpoint is already committed; the failed one's temporary is removed)."""
+    line = f"rainier: stopped: {halted}"
+    if session is not None:
+        from rainier_jax import resume
+        if save_failed:
+            try:
+                session.checkpointer.discard_uncommitted()
+            except Exception:  # noqa: BLE001 — it re-raises the failure already being reported
+                pass
+        try:
+            found = resume.newest_intact(session.directory)
+            line += f"; the newest intact checkpoint is {found.path} (step {found.step}): continue with --resume"
+        except Exception:  # noqa: BLE001 — none committed yet, or none intact
+            line += f"; no intact checkpoint in {session.directory}"
+    print(line, file=sys.stderr, flush=True)
+    if save_failed:
+        sys.stdout.flush()
+        os._exit(1)
+    return 1
 
 
 def _quiet(*args, **kwargs) -> None:

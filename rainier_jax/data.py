@@ -9,9 +9,11 @@ numpy + stdlib only, so data loading never initialises JAX.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import os
+import stat
 import sys
 import sysconfig
 from pathlib import Path
@@ -34,6 +36,7 @@ STDLIB_MODULES: tuple[str, ...] = (
 )
 
 HELDOUT_FRACTION = 20  # held-out part is 1/20 = 5% of the tokens
+SNIFF_BYTES = 64 * 1024  # how much of each text file is looked at to tell whether it is text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Corpus:
     num_bytes: int        # size of the source data as read (2 bytes per token for *.bin)
     num_files: int        # files concatenated (0 when generated in code)
     sha256: str           # hex sha256 of the whole token stream as little-endian uint16
+    # One-line remarks for the user, each starting "note: " (e.g. a --data file that looks
+    # binary). load_corpus never prints: the CLI shows them on stderr, a library caller decides.
+    notes: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -59,7 +65,7 @@ class Corpus:
 
 
 def _make_corpus(tokens: np.ndarray, *, source: str, num_bytes: int, num_files: int,
-                 seq_len: int, flag: str) -> Corpus:
+                 seq_len: int, flag: str, notes: tuple[str, ...] = ()) -> Corpus:
     """Split `tokens` (uint16) into train/held-out, refusing streams too short to train on."""
     n = len(tokens)
     window = seq_len + 1
@@ -72,7 +78,7 @@ def _make_corpus(tokens: np.ndarray, *, source: str, num_bytes: int, num_files: 
     tokens.flags.writeable = False  # the slices below are views; freezing the base freezes them
     digest = hashlib.sha256(tokens.astype("<u2", copy=False).tobytes()).hexdigest()
     return Corpus(train=tokens[: n - num_heldout], heldout=tokens[n - num_heldout:],
-                  source=source, num_bytes=num_bytes, num_files=num_files, sha256=digest)
+                  source=source, num_bytes=num_bytes, num_files=num_files, sha256=digest, notes=notes)
 
 
 def _bytes_to_tokens(raw: bytes, vocab_size: int, where: str) -> np.ndarray:
@@ -83,8 +89,42 @@ def _bytes_to_tokens(raw: bytes, vocab_size: int, where: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
 
 
+def _binary_reason(raw: bytes) -> str | None:
+    """Why `raw` (a file's bytes) does not look like text, judged on its first SNIFF_BYTES; None if
+    it does. Byte-level training works on any bytes, so this only ever becomes a note."""
+    head = raw[:SNIFF_BYTES]
+    if b"\0" in head:
+        return f"NUL bytes in its first {SNIFF_BYTES // 1024} KiB"
+    try:  # incremental, so a character cut at the SNIFF_BYTES boundary is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(raw) <= SNIFF_BYTES)
+    except UnicodeDecodeError:
+        return f"not UTF-8 in its first {SNIFF_BYTES // 1024} KiB"
+    return None
+
+
+_BIN_HINT = "a file of uint16 tokens must be named *.bin"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot read {path} ({e.strerror}); check its permissions") from None
+
+
 def _visible_files(root: Path) -> list[Path]:
     """Regular files under `root`, recursively, hidden files and directories skipped.
+
+    Anything else (a FIFO, a device, a socket, a broken symlink) is skipped without being opened:
+    opening a FIFO blocks until something writes to it.
 
     Sorted by relative path parts (so "a/x" sorts with "a" rather than after "a-b"), giving the
     same concatenation on every filesystem regardless of directory listing order.
@@ -94,7 +134,7 @@ def _visible_files(root: Path) -> list[Path]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             path = Path(dirpath, name)
-            if not name.startswith(".") and path.is_file():
+            if not name.startswith(".") and path.is_file():  # a stat (S_ISREG), no open
                 found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
@@ -123,23 +163,36 @@ def load_corpus(data: str | None, vocab_size: int, seq_len: int) -> Corpus:
         return _default_corpus(vocab_size, seq_len)
     flag = f"--data {data}"
     path = Path(data)
-    if not path.exists():
-        raise ConfigError(f"{flag}: no such file or directory")
-    if path.is_dir():
+    try:
+        st = path.stat()  # stat, never open: opening a FIFO blocks
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: no such file or directory") from None
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
         files = _visible_files(path)
-        raw = b"".join(f.read_bytes() for f in files)
+        contents = [_read(f, flag) for f in files]
+        raw = b"".join(contents)
         if not raw:
             raise ConfigError(f"{flag}: directory has no non-empty, non-hidden files")
+        binary = [(f, why) for f, c in zip(files, contents) if (why := _binary_reason(c))]
+        notes = () if not binary else (
+            f"note: {flag}: {len(binary)} of {len(files)} files look{'s' * (len(binary) == 1)} binary (first: "
+            f"{binary[0][0].relative_to(path)}, {binary[0][1]}); training on their raw bytes",)
         return _make_corpus(_bytes_to_tokens(raw, vocab_size, flag), source=str(data),
-                            num_bytes=len(raw), num_files=len(files), seq_len=seq_len, flag=flag)
-    size = path.stat().st_size
+                            num_bytes=len(raw), num_files=len(files), seq_len=seq_len, flag=flag,
+                            notes=notes)
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero has st_size 0 and would otherwise be "empty"
+        raise ConfigError(f"{flag}: is {_file_kind(st.st_mode)}, not a file or a directory; give a "
+                          f"text file, a directory of text files or a uint16 *.bin token file")
+    size = st.st_size
     if size == 0:
         raise ConfigError(f"{flag}: file is empty")
     if path.suffix == ".bin":
         if size % 2:
             raise ConfigError(f"{flag}: {size} bytes is not a whole number of uint16 tokens "
                               f"(*.bin files hold little-endian uint16 tokens)")
-        tokens = np.fromfile(path, dtype="<u2")
+        tokens = np.frombuffer(_read(path, flag), dtype="<u2")
         bad = np.flatnonzero(tokens >= vocab_size)
         if bad.size:
             raise ConfigError(f"{flag}: token {int(tokens[bad[0]])} at position {int(bad[0])} "
@@ -147,9 +200,12 @@ def load_corpus(data: str | None, vocab_size: int, seq_len: int) -> Corpus:
                               f"re-tokenize or use a model with a larger vocab_size")
         return _make_corpus(tokens, source=f"{data} (uint16 tokens)", num_bytes=size,
                             num_files=1, seq_len=seq_len, flag=flag)
-    raw = path.read_bytes()
+    raw = _read(path, flag)
+    why = _binary_reason(raw)
+    notes = () if why is None else (f"note: {flag}: looks binary ({why}); training on its raw bytes "
+                                    f"({_BIN_HINT})",)
     return _make_corpus(_bytes_to_tokens(raw, vocab_size, flag), source=str(data),
-                        num_bytes=len(raw), num_files=1, seq_len=seq_len, flag=flag)
+                        num_bytes=len(raw), num_files=1, seq_len=seq_len, flag=flag, notes=notes)
 
 
 # Synthetic corpus: a tiny English-like grammar driven by a 32-bit LCG in pure Python ints, so

@@ -88,8 +88,9 @@ def load_model(name_or_path: str) -> ModelConfig:
     if name_or_path.endswith(".json"):
         return load_hf_config(Path(name_or_path))
     path = resolve_named_file(name_or_path, "models", "--model")
+    data = read_toml(path)   # its errors name the file already
     try:
-        return from_mapping(ModelConfig, read_toml(path), where="")
+        return from_mapping(ModelConfig, data, where="")
     except ConfigError as e:  # one prefix style for every file: "<path>: <key>: <problem>"
         raise ConfigError(f"{path}: {str(e).removeprefix(': ')}") from None
 

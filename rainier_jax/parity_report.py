@@ -86,13 +86,14 @@ def to_json(r: ParityResult, settings: dict) -> dict:
     }
 
 
-def write_report(r: ParityResult, directory: Path, settings: dict) -> None:
+def write_report(r: ParityResult, directory: Path, settings: dict) -> list[Path]:
+    """Write report.json and the plots into `directory`; returns the files written, in order."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(to_json(r, settings), indent=2) + "\n")
-    _plots(r, directory)
+    return [directory / "report.json", *_plots(r, directory)]
 
 
-def _plots(r: ParityResult, directory: Path) -> None:
+def _plots(r: ParityResult, directory: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")  # files only; no display
     import matplotlib.pyplot as plt
@@ -119,6 +120,7 @@ def _plots(r: ParityResult, directory: Path) -> None:
     ax.semilogy(depths, [max(limits[d], 1e-12) for d in depths], "r-", lw=1, label="limit")
     _finish(fig, ax, "depth (0 = head … L+1 = embedding)", "gradient relative L2 error",
             f"{r.candidate} vs {r.reference}: gradients by layer", directory / "grad_error_by_layer.png")
+    return [directory / "loss_diff.png", directory / "grad_error_by_layer.png"]
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -30,7 +31,10 @@ class StepRecord:
     skipped: int | None = None          # fp16-mixed: overflowed (skipped) steps so far
 
     def as_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The JSON object of this step: fields that do not apply are left out; a NaN or infinite
+        value is written as null (bare NaN is not JSON)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 class MetricsLog:
@@ -47,6 +51,7 @@ class MetricsLog:
         a command before starting its processes)."""
         self.path = Path(path)
         self.dropped = 0
+        self.written = 0
         last = self._last_step()
         if resuming and last is not None and last >= first_step:
             if check_only:
@@ -98,11 +103,17 @@ class MetricsLog:
                               f"({e.strerror}); give a writable path") from None
 
     def write(self, rec: StepRecord) -> None:
-        self._f.write(json.dumps(rec.as_json()) + "\n")
+        """Append one record. An OSError (a full disk, a device that refuses writes) is raised to
+        the caller, which stops the run: the records after it would be lost anyway."""
+        self._f.write(json.dumps(rec.as_json(), allow_nan=False) + "\n")
         self._f.flush()  # a crash keeps every step already reported
+        self.written += 1
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the flush failed; write() has already reported it
+            pass
 
 
 BAR_ENV = "RAINIER_PROGRESS_BAR"

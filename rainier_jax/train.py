@@ -227,13 +227,33 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
                    step, eval_loss, grads, compile_seconds)
 
 
+class StopRun(Exception):
+    """Ends the loop at once, without saving the state it holds: raised by the loop for a
+    non-finite loss, and by the caller's hooks (`on_step`, `save`) when an output fails. The
+    message is one line for the user."""
+
+
+def check_finite(rec: StepRecord, policy: Policy) -> None:
+    """A NaN or infinite loss or gradient norm means the update just applied is garbage; under
+    loss scaling (fp16-mixed) an overflow is expected and the step was skipped, so it is not."""
+    if policy.loss_scaling:
+        return
+    bad = [f"{name} {value}" for name, value in (("loss", rec.loss), ("grad_norm", rec.grad_norm))
+           if not np.isfinite(value)]
+    if bad:
+        raise StopRun(f"step {rec.step}: {' and '.join(bad)} — training has diverged (try a lower --lr or "
+                      "another --precision); the state after this step was not saved")
+
+
 def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepRecord], None],
           state: TrainState | None = None, save: Callable[[int, TrainState], None] | None = None,
           save_every: int = 0, should_stop: Callable[[], bool] | None = None) -> TrainState:
     """Run updates from `state` (fresh when None) until `program.run.steps` updates are complete,
     calling `on_step` per step. With `save`, the state of every `save_every`-th step and of the
-    last step run is passed to it before the next step can donate it. `should_stop` is asked
-    before each step; when it says yes the loop ends there (and the last state is saved)."""
+    last step run is passed to it before the next step can donate it — only once that step's
+    metrics have been read and found finite, so a diverged state is never saved. `should_stop` is
+    asked before each step; when it says yes the loop ends there (and the last state is saved).
+    A StopRun (non-finite loss, or raised by a hook) ends the loop at once with nothing saved."""
     run = program.run
     state = program.init() if state is None else state
     first = int(local_value(state.step))  # completed updates so far: also the next batch's index
@@ -260,11 +280,12 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
                          tokens / max(now - last_done, 1e-9), precision=program.policy.name)
         if "loss_scale" in m:
             rec.loss_scale, rec.skipped = float(m["loss_scale"]), int(m["skipped"])
-        if eval_now:
+        if eval_now and np.isfinite(rec.loss):
             rec.eval_loss = float(local_value(program.eval_loss(state, evals)))
             now = time.perf_counter()  # evaluation time is not charged to the next step
         last_done = now
-        on_step(rec)
+        on_step(rec)   # the record is kept (non-finite values as null) before the run stops
+        check_finite(rec, program.policy)
 
     def checkpoint(step_no):
         nonlocal saved, last_done
@@ -284,11 +305,14 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
         if pending is not None:
             finish(*pending, eval_now=False)
         eval_now = step_no == end or (eval_every > 0 and step_no % eval_every == 0)
+        save_now = save_every > 0 and step_no % save_every == 0
         pending = (step_no, metrics)
-        if eval_now:  # evaluate these parameters before the next step donates them
-            finish(*pending, eval_now=True)
+        # Evaluate these parameters before the next step donates them; read a step's metrics
+        # before saving it (the save waits for the step anyway).
+        if eval_now or save_now:
+            finish(*pending, eval_now=eval_now)
             pending = None
-        if save_every > 0 and step_no % save_every == 0:
+        if save_now:
             checkpoint(step_no)
     if pending is not None:  # stopped early: report the last step run
         finish(*pending, eval_now=False)

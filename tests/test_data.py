@@ -167,6 +167,39 @@ def test_directory_sorted_recursive_hidden_skipped(tmp_path):
     assert stream == b"A" * 100 + b"B" * 100 + b"C" * 100 and c.num_files == 3
 
 
+def test_binary_file_gets_a_note_not_an_error(tmp_path):
+    # Byte-level training works on any bytes, so it trains, but says so (the CLI prints the note).
+    path = tmp_path / "blob.dat"
+    path.write_bytes(bytes(range(256)) * 4)
+    c = data.load_corpus(str(path), vocab_size=256, seq_len=8)
+    assert c.num_tokens == 1024
+    assert c.notes == (f"note: --data {path}: looks binary (NUL bytes in its first 64 KiB); training on "
+                       "its raw bytes (a file of uint16 tokens must be named *.bin)",)
+    path.write_bytes("café ".encode("latin-1") * 100)  # no NUL, but not UTF-8
+    (note,) = data.load_corpus(str(path), vocab_size=256, seq_len=8).notes
+    assert "not UTF-8 in its first 64 KiB" in note
+
+
+def test_text_has_no_notes_even_when_64k_cuts_a_character(tmp_path):
+    path = tmp_path / "t.txt"
+    # "é" is 2 bytes: the first 64 KiB end in the middle of one; that is still UTF-8 text.
+    path.write_bytes(b"x" + "é".encode() * 40_000)
+    assert data.load_corpus(str(path), vocab_size=256, seq_len=8).notes == ()
+    assert data.load_corpus(None, vocab_size=256, seq_len=8).notes == ()
+    tokens = np.zeros(1000, dtype="<u2")  # NUL bytes, but a *.bin holds tokens, not text
+    tokens.tofile(tmp_path / "tok.bin")
+    assert data.load_corpus(str(tmp_path / "tok.bin"), vocab_size=256, seq_len=8).notes == ()
+
+
+def test_directory_note_counts_binary_files(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"A" * 1000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.pyc").write_bytes(b"\x00\x01" * 100)
+    (note,) = data.load_corpus(str(tmp_path), vocab_size=256, seq_len=8).notes
+    assert note == (f"note: --data {tmp_path}: 1 of 2 files looks binary (first: sub/m.pyc, NUL bytes in "
+                    "its first 64 KiB); training on their raw bytes")
+
+
 def test_bin_token_file(tmp_path):
     tokens = (np.arange(5000) * 7 % 1000).astype("<u2")
     path = tmp_path / "tok.bin"
@@ -190,6 +223,17 @@ def test_empty_file_and_directories(tmp_path):
     _expect_error("--data .*no non-empty", str(tmp_path / "d"), 256, 8)
     (tmp_path / "d" / ".hidden").write_bytes(b"x" * 1000)
     _expect_error("--data .*no non-empty", str(tmp_path / "d"), 256, 8)
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.txt"
+    path.write_bytes(b"x" * 1000)
+
+    def denied(self):  # as chmod 000 would, but also when the tests run as root
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    _expect_error("--data .*cannot read .*locked.txt .*Permission denied", str(path), 256, 8)
+    _expect_error("--data .*cannot read .*locked.txt .*Permission denied", str(tmp_path), 256, 8)
 
 
 def test_too_short(tmp_path):
