@@ -63,10 +63,11 @@ def _setup(args):
     if args.recipe == "rainier" and cfg.arch != "llama":
         raise ConfigError(f"--recipe rainier: rainier builds llama-type programs only ({cfg.name} is {cfg.arch}); "
                           "use --recipe nxd")
-    if args.batch <= 0:
-        raise ConfigError(f"--batch {args.batch}: must be a positive number of sequences")
+    from rainier_jax.values import bounded_int
+    bounded_int("--batch", args.batch, want="a positive number of sequences")
     if args.seq is None:
         args.seq = DEFAULT_SEQ
+    bounded_int("--seq", args.seq, want="a positive sequence length")
     if args.precision is None:
         args.precision = "bf16-mixed"
     return cfg, topo
@@ -126,6 +127,10 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+# The sweep's time grows with the ranks (more factorisations, each estimated over more groups).
+MAX_PLAN_RANKS = 16_384
+
+
 def cmd_plan(args) -> int:
     import time
 
@@ -135,6 +140,10 @@ def cmd_plan(args) -> int:
 
     cfg, topo = _setup(args)
     get_policy(args.precision)
+    from rainier_jax.values import bounded_int
+    bounded_int("plan: ranks", topo.num_ranks, hi=MAX_PLAN_RANKS,
+                why="the sweep estimates thousands of layouts: 8,192 ranks take about 30 s; use "
+                    "`rainier estimate` for a given layout on more")
     if args.top <= 0:
         raise ConfigError(f"--top {args.top}: must show at least 1 candidate")
     t0 = time.perf_counter()

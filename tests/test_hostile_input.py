@@ -85,6 +85,9 @@ CASES = [
                              "--nodes", HUGE, "--batch", "1024", "--parallel", "dp=256"], ["--nodes"]),
     ("estimate-too-many-ranks", ["estimate", "--model", "llama-3.1-70b", "--mesh", "trn2-ultraserver",
                                  "--nodes", "1000", "--batch", "1024", "--parallel", "dp=256000"], ["--nodes", "65,536"]),
+    ("plan-too-many-ranks", ["plan", "--model", "llama-3.1-70b", "--mesh", "trn2-ultraserver", "--nodes", "128",
+                             "--batch", "1024"], ["plan", "16,384"]),
+    ("plan-batch-huge", ["plan", "--model", "llama-3.1-70b", "--mesh", "trn2-instance", "--batch", HUGE], ["--batch"]),
     ("schedule-unbounded", ["schedule", "--schedule", "1f1b", "--pp", "100000", "--microbatches", "100000"],
      ["pp 100000", "262,144"]),
     ("schedule-pp-huge", ["schedule", "--schedule", "gpipe", "--pp", HUGE, "--microbatches", "1"], ["--pp"]),
@@ -201,6 +204,6 @@ def test_host_memory_check_compares_with_what_is_available():
     assert need.per_rank >= 2_033_792 * 16 and need.ranks == 8
     total = need.total + host_memory.RUNTIME_BYTES
     assert host_memory.check([need], subject="s", available=total + host_memory.MARGIN_BYTES) == total
-    with pytest.raises(ConfigError, match=r"s: this run needs about 1\.\d GiB .* 1\.\d GiB available"):
+    with pytest.raises(ConfigError, match=r"s: this run needs about 1\.\d GiB .* \d\.\d GiB available"):
         host_memory.check([need], subject="s", available=total + host_memory.MARGIN_BYTES - 1)
     assert host_memory.available_bytes() is None or host_memory.available_bytes() > 0
