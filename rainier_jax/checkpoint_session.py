@@ -1,6 +1,7 @@
 """The `train` command's side of checkpointing: what to save and where (`SavePlan`), and a
 session that restores, saves with the run record, and turns SIGTERM or Ctrl-C into "finish this
-step, save it, exit 0" (a second Ctrl-C abandons the run at once).
+step, save it, exit 0" (a second Ctrl-C abandons the run at once; before the first step there is
+nothing to save and one process ends at once — stopping.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ import dataclasses
 import signal
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
-from rainier_jax import resume
+from rainier_jax import resume, stopping
 from rainier_jax.checkpoint import Checkpointer, restore
 from rainier_jax.config import ConfigError
 from rainier_jax.resume import step_record
@@ -36,7 +36,7 @@ class CheckpointSession:
 
     def __init__(self, plan: SavePlan):
         self.directory, self.every, self.found, self.record = plan.directory, plan.every, plan.found, plan.record
-        self.stop = threading.Event()
+        self.stop = stopping.StopFlag()
         self.signal_name = None
         if self.found is not None and plan.primary:
             # Every process chose the checkpoint from the same files before JAX started (and
@@ -47,15 +47,27 @@ class CheckpointSession:
             for note in plan.notes:
                 print(note)
         self.checkpointer = Checkpointer(self.directory, keep=plan.keep)
-        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # SIGTERM and Ctrl-C reach `note_signal` from stopping.py's watcher thread, at once even
+        # while the main thread waits inside XLA; a signal before the first step ends one process
+        # there and then (`nothing_to_save`).
+        import jax
+        self._stopping, self._owns_stopping = stopping.install(jax.process_count())
+        self._stopping.session = self
 
-    def _on_signal(self, signum, frame):
-        if self.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+    def note_signal(self, sig: signal.Signals) -> None:
+        """The first SIGTERM or Ctrl-C: stop after the current step and save it (watcher thread)."""
+        if self.stop.noted():
+            return
+        self.signal_name = sig.name
         self.stop.set()
         print(f"rainier: {self.signal_name}: stopping after the current step to save it "
               "(Ctrl-C again to abandon)", file=sys.stderr, flush=True)
+
+    def nothing_to_save(self) -> str:
+        """Why a signal before the first step loses nothing."""
+        if self.found is None:
+            return "nothing to save yet"
+        return f"nothing new to save ({self.found.path} stays the newest checkpoint)"
 
     def restore(self, program):
         if self.found is None:
@@ -75,9 +87,14 @@ class CheckpointSession:
         self.checkpointer.save(step, state, step_record(self.record, step))
 
     def close(self):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self.checkpointer.close()
+        # Signals keep their meaning while the last save commits: a SIGTERM then is noted, a
+        # second Ctrl-C abandons the save (it stays an uncommitted temporary).
+        try:
+            self.checkpointer.close()
+        finally:
+            self._stopping.session = None
+            if self._owns_stopping:
+                self._stopping.uninstall()
 
     def describe(self, step: int) -> str:
         c = self.checkpointer

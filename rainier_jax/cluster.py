@@ -14,16 +14,23 @@ process boundary. Collectives between processes go over gloo, JAX's CPU default.
 
 Failure: JAX's defaults would let a survivor wait 100 s for a dead peer's heartbeat and 300 s at
 the shutdown barrier; `HEARTBEAT_S` and `SHUTDOWN_S` are set far lower so that a lost process
-ends the others in seconds (the launcher also ends them itself).
+ends the others in seconds. When the heartbeat runs out, JAX's coordination client aborts the
+process (SIGABRT, a C++ stack trace; its callback cannot be replaced from Python in this jaxlib),
+so under `rainier launch` the survivors are ended before that: the launcher names the failed
+process and sends SIGTERM, and stopping.py ends them at once with one line. The launcher also
+runs the coordination service itself (`SERVICE_ENV`), which JAX would start in process 0: when
+process 0 dies, the others then lose nothing but a peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
-import signal
+import sys
 
+from rainier_jax import stopping
 from rainier_jax.config import ConfigError
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -31,6 +38,8 @@ SCHEDULERS = (("SLURM_NTASKS", "SLURM_PROCID"), ("OMPI_COMM_WORLD_SIZE", "OMPI_C
 HEARTBEAT_S = 10
 SHUTDOWN_S = 10
 INIT_S = 120
+# Set by `rainier launch`: the launcher runs JAX's coordination service, so process 0 does not.
+SERVICE_ENV = "RAINIER_LAUNCH_SERVICE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +131,18 @@ def start(cluster: Cluster, topo) -> None:
     if cluster.coordinator is not None:
         kwargs.update(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
                       process_id=cluster.process_id)
-    jax.distributed.initialize(**kwargs)
+    if cluster.primary and os.environ.get(SERVICE_ENV) == "1":
+        with _service_elsewhere():
+            jax.distributed.initialize(**kwargs)
+    else:
+        jax.distributed.initialize(**kwargs)
     # The distributed runtime installs a SIGTERM handler that only logs the signal (preemption
-    # notices); a run without its own handler (train without checkpoints, parity) is meant to
-    # end on SIGTERM, as one process does. Train's checkpoint session replaces this in turn.
-    signal.signal(signal.SIGTERM, _end_on_sigterm)
+    # notices). stopping.py's replaces it for the rest of the process: a run without checkpoints
+    # (parity, train without --checkpoint-dir) ends on SIGTERM as one process does, train's
+    # checkpoint session stops after a step, and after another process failed this one ends at
+    # once instead of waiting in a collective until JAX aborts it.
+    stopping.install(cluster.num_processes)
+    sys.excepthook = stopping.excepthook_for_processes(sys.excepthook)
     if jax.process_count() != cluster.num_processes or jax.process_index() != cluster.process_id:
         raise ConfigError(f"JAX joined as process {jax.process_index()} of {jax.process_count()}, but "
                           f"{cluster.source} say {cluster.process_id} of {cluster.num_processes}")
@@ -136,8 +152,19 @@ def start(cluster: Cluster, topo) -> None:
                            f"{mine[:4]}…, not at ranks {local_ranks(cluster, topo)}")
 
 
-def _end_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
+@contextlib.contextmanager
+def _service_elsewhere():
+    """`jax.distributed.initialize` in process 0 without starting JAX's coordination service:
+    `rainier launch` runs it. jax (0.10) starts it in process 0 through this private jaxlib
+    entry point, and skips shutting it down when there is none."""
+    from jax._src import distributed
+
+    start_service = distributed._jax.get_distributed_runtime_service
+    distributed._jax.get_distributed_runtime_service = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        distributed._jax.get_distributed_runtime_service = start_service
 
 
 def agreed(local_flag, cluster: Cluster):

@@ -7,11 +7,19 @@ The launcher validates the command before starting anything, picks a free coordi
 line (gloo's one-line "connected to N peer ranks" notices are dropped). Process 0 draws the
 progress bar when the launcher's terminal would show one.
 
-When a process fails — exits non-zero or is killed — the launcher names it, sends the others
-SIGTERM and, `GRACE_S` later, SIGKILL: a survivor blocked in a collective with a dead peer would
-otherwise wait for JAX's timeouts. It exits with the first failing process's code (128 + the
-signal number for a killed process). SIGINT/SIGTERM sent to the launcher are passed on to every
-process, so Ctrl-C saves a checkpoint exactly as it does for one process.
+The launcher itself runs JAX's coordination service. In process 0 — where JAX puts it — its death
+would make JAX abort every other process at once (SIGABRT and a C++ stack trace).
+
+When a process fails — exits non-zero or is killed — the launcher names it, writes that to the
+file `stopping.FAILURE_ENV` names for every process, sends the others SIGTERM and, `GRACE_S`
+later, SIGKILL. (A process that ends on a signal passed on to it is no failure, but the others
+are ended the same way: they may be waiting for it in a collective.) A survivor is typically
+blocked in a collective with the dead peer, where neither the step nor Python's signal handler
+can finish; stopping.py's watcher reads the note and ends it at once with one line and exit
+128 + 15, long before JAX's heartbeat timeout would abort it. The launcher exits with the first
+failing process's code (128 + the signal number for a killed process) and says how each other
+process ended. SIGINT/SIGTERM sent to the launcher are passed on to every process, so Ctrl-C
+saves a checkpoint exactly as it does for one process.
 """
 
 from __future__ import annotations
@@ -96,12 +104,46 @@ def _describe(code: int) -> str:
     return f"exited with code {code}"
 
 
+def _ended_on(code: int | None, signum: int | None) -> bool:
+    """Whether an exit code is a process ending on `signum`: killed by it, or exiting with
+    128 + it (stopping.py's exit, SystemExit)."""
+    return signum is not None and code in (-signum, 128 + signum)
+
+
+def _start_service(port: int, processes: int):
+    """JAX's coordination service, in the launcher (module docstring). A private jaxlib entry
+    point: the public `jax.distributed.initialize` starts it only inside process 0."""
+    from jax._src.lib import _jax
+
+    from rainier_jax.cluster import HEARTBEAT_S, SHUTDOWN_S
+    return _jax.get_distributed_runtime_service(f"[::]:{port}", processes, heartbeat_timeout=HEARTBEAT_S,
+                                                shutdown_timeout=SHUTDOWN_S)
+
+
 def run(processes: int, command: list[str], port: int) -> int:
     """Start the processes, relay their output, end them all if one fails; the exit code."""
+    import tempfile
+
+    from rainier_jax.cluster import SERVICE_ENV
+    from rainier_jax.stopping import FAILURE_ENV
+
+    fd, note = tempfile.mkstemp(prefix="rainier-launch-", suffix=".failure")
+    os.close(fd)
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **{FAILURE_ENV: note, SERVICE_ENV: "1"})
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):   # the launcher decides the process count here
         env.pop(var, None)
+    try:
+        return _run(processes, command, port, env, note)
+    finally:
+        for path in (note, note + ".tmp"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _run(processes: int, command: list[str], port: int, env: dict, note: str) -> int:
     bar = sys.stderr.isatty() and not os.environ.get("CI")
     children: list[subprocess.Popen] = []
     lock = threading.Lock()
@@ -114,7 +156,16 @@ def run(processes: int, command: list[str], port: int) -> int:
         children.append(subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                          preexec_fn=_die_with_parent))
-    # Relays start once every process is started (a preexec_fn must not run while threads do).
+    # The service and the relays start once every process is started (a preexec_fn must not run
+    # while threads do); the processes keep trying to reach the service for cluster.INIT_S.
+    try:
+        service = _start_service(port, processes) if processes > 1 else None   # one process never joins it
+    except Exception as e:  # noqa: BLE001 — the port was free a moment ago: one line, no traceback
+        for p in children:
+            p.kill()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"launch: cannot start JAX's coordination service on 127.0.0.1:{port} ({first}); "
+                          "try again, or give another --port") from None
     for k, p in enumerate(children):
         for source, sink in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
             relay = _Relay(k, source, sink, lock)
@@ -124,45 +175,78 @@ def run(processes: int, command: list[str], port: int) -> int:
     say(f"rainier launch: {processes} processes on 127.0.0.1:{port} "
         f"(pids {', '.join(str(p.pid) for p in children)}): {' '.join(command)}")
 
+    forwarded = None   # the signal passed on to every process, if any
+
     def forward(signum, frame):
+        nonlocal forwarded
+        forwarded = signum
         for p in children:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    def describe(j: int, code: int) -> str:
+        if _ended_on(code, forwarded):
+            return f"ended on the {signal.Signals(forwarded).name} passed on to it"
+        if j in killed and code == -signal.SIGKILL:
+            return f"was killed by the launcher's SIGKILL ({GRACE_S:g} s after its SIGTERM)"
+        if j in terminated and _ended_on(code, signal.SIGTERM):
+            return "ended on the launcher's SIGTERM"
+        return _describe(code)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     first_failure = None
-    deadline = None
+    ending_since = None   # when the others were sent SIGTERM, after the first process ended non-zero
+    terminated, killed = set(), set()   # the processes the launcher sent SIGTERM, SIGKILL
     try:
         while any(p.poll() is None for p in children):
             for k, p in enumerate(children):
                 code = p.poll()
-                if code not in (None, 0) and first_failure is None:
+                if ending_since is not None or code in (None, 0):
+                    continue
+                # A process that ends on a signal passed on to it did as asked: not a failure. Either
+                # way the others cannot go on without it (they may wait for it in a collective).
+                if not _ended_on(code, forwarded):
                     first_failure = (k, code)
                     say(f"rainier launch: process {k} (pid {p.pid}) {_describe(code)}; ending the other processes")
-                    for q in children:
-                        if q.poll() is None:
-                            q.send_signal(signal.SIGTERM)
-                    deadline = time.monotonic() + GRACE_S
-            if deadline is not None and time.monotonic() > deadline:
-                for q in children:
+                # Before the SIGTERM: stopping.py reads it in each process, to end at once.
+                with open(note + ".tmp", "w", encoding="utf-8") as f:
+                    f.write(f"process {k} {describe(k, code)}")
+                os.replace(note + ".tmp", note)
+                for j, q in enumerate(children):
                     if q.poll() is None:
+                        terminated.add(j)
+                        q.send_signal(signal.SIGTERM)
+                ending_since = time.monotonic()
+            if ending_since is not None and not killed and time.monotonic() > ending_since + GRACE_S:
+                for j, q in enumerate(children):
+                    if q.poll() is None:
+                        killed.add(j)
                         q.kill()
-                deadline = None
             time.sleep(0.1)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if service is not None:
+            service.shutdown()
     for relay in relays:
         relay.join(timeout=5)
     codes = [p.returncode for p in children]
     if first_failure is None:
-        failed = [(k, c) for k, c in enumerate(codes) if c != 0]
-        first_failure = failed[0] if failed else None
-    if first_failure is None:
-        return 0
+        # The last process to end is not looked at inside the loop.
+        asked = lambda j, c: _ended_on(c, forwarded) or (j in terminated and _ended_on(c, signal.SIGTERM))  # noqa: E731
+        failed = [(j, c) for j, c in enumerate(codes) if c != 0 and not asked(j, c)]
+        if not failed:
+            ended = [(j, c) for j, c in enumerate(codes) if c != 0]
+            if not ended:
+                return 0
+            # Every process ended as it was asked (e.g. SIGTERM to a run without checkpoints).
+            say("rainier launch: " + "; ".join(f"process {j} {describe(j, c)}" for j, c in ended))
+            code = ended[0][1]
+            return 128 - code if code < 0 else code
+        first_failure = failed[0]
     k, code = first_failure
-    others = ", ".join(f"process {j} {_describe(c)}" for j, c in enumerate(codes) if j != k)
-    say(f"rainier launch: process {k} failed first ({_describe(code)}); {others}")
+    others = ", ".join(f"process {j} {describe(j, c)}" for j, c in enumerate(codes) if j != k)
+    say(f"rainier launch: process {k} failed first ({_describe(code)})" + (f"; {others}" if others else ""))
     return 128 - code if code < 0 else code
 
 

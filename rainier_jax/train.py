@@ -1,8 +1,9 @@
 """The train state, the jitted step (explicit in/out shardings, state donated) and the loop.
 
 `build_program` turns (model, layout, mesh, run settings) into compiled functions; `train` runs
-the loop: host builds batch t+1 while the devices run step t, and step t's metrics are read only
-after step t+1 has been dispatched, so the host never stalls the devices to log.
+the loop: the host builds batch t+1 while the devices run step t, and reads step t's metrics
+before it dispatches step t+1, so that a stop asked for during step t ends the run after step t
+(the devices wait only for that logging and the dispatch).
 """
 
 from __future__ import annotations
@@ -298,12 +299,16 @@ def train(program: Program, corpus: data_lib.Corpus, *, on_step: Callable[[StepR
 
     end = run.steps
     for t in range(first, end):
+        batch = host_batch(t)   # built while step t-1 runs
+        if pending is not None:
+            # Step t-1 is waited for before step t is dispatched: a stop asked for during step
+            # t-1 then ends the run after it, and the state saved is t-1's, not one step later's.
+            finish(*pending, eval_now=False)
+            pending = None
         if should_stop is not None and should_stop():
             break
         step_no = t + 1
-        state, metrics = program.step(state, host_batch(t))
-        if pending is not None:
-            finish(*pending, eval_now=False)
+        state, metrics = program.step(state, batch)
         eval_now = step_no == end or (eval_every > 0 and step_no % eval_every == 0)
         save_now = save_every > 0 and step_no % save_every == 0
         pending = (step_no, metrics)

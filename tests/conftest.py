@@ -7,7 +7,10 @@ its HLO dump) are the only places that touch `jax.config`.
 import os
 from pathlib import Path
 
-import jax
+from rainier_jax.cli_common import set_xla_flags
+
+set_xla_flags()   # as the CLI does: layouts round alike (cli_common.XLA_FLAGS)
+import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 8)

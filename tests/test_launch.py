@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ROOT, rainier
+from rainier_jax import launch as launch_lib
 
 PP = ["--parallel", "dp=2,tp=2,pp=2", "--microbatches", "2", "--batch", "16", "--seq", "64", "--steps", "4",
       "--checkpoint-every", "2"]
@@ -87,31 +88,42 @@ def test_parity_across_processes():
 
 
 def test_a_killed_process_ends_the_others():
-    """SIGKILL one process mid-run (after step 6: progress lines come every 10 % of 60 steps): the
-    launcher names it, the survivor ends non-zero within the deadline, and the launcher exits with
-    the killed process's code (128 + 9)."""
-    proc, pids, lines = _launch_until_step()
+    """SIGKILL process 0 mid-run (after step 2: progress lines come every 10 % of 20 steps): the
+    launcher names it, and the survivor — blocked in a collective with the dead process — ends
+    on the launcher's SIGTERM with one line and 128 + 15: not by JAX's abort (at once when the
+    coordination service died with process 0, as it did before the launcher hosted it; at the
+    heartbeat timeout otherwise), nor by the launcher's SIGKILL. The launcher exits with the
+    killed process's code (128 + 9)."""
+    killed, survivor = 0, 1
+    proc, pids, lines = _launch_until_step(steps=20)
     try:
-        os.kill(pids[1], signal.SIGKILL)
-        killed = time.monotonic()
+        os.kill(pids[killed], signal.SIGKILL)
+        sent = time.monotonic()
         rest, _ = proc.communicate(timeout=60)
-        ended = time.monotonic() - killed
+        ended = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
     output = "".join(lines) + rest
-    assert ended < 60, f"the launcher took {ended:.0f} s"
+    assert ended < launch_lib.GRACE_S, f"the launcher took {ended:.0f} s: the survivor did not end on its SIGTERM"
     assert proc.returncode == 128 + signal.SIGKILL
-    assert f"process 1 (pid {pids[1]}) was killed by SIGKILL" in output
-    assert "process 1 failed first (was killed by SIGKILL); process 0 " in output
+    assert f"process {killed} (pid {pids[killed]}) was killed by SIGKILL; ending the other processes" in output
+    assert (f"rainier launch: process {killed} failed first (was killed by SIGKILL); process {survivor} ended "
+            "on the launcher's SIGTERM") in output, output[-3000:]
+    after = rest.splitlines()
+    said = [line for line in after if line.startswith(f"[p{survivor}] ")]
+    assert said == [f"[p{survivor}] rainier: SIGTERM from rainier launch: process {killed} was killed by SIGKILL; "
+                    "ending without saving (the current step cannot finish without that process)"], output[-3000:]
+    for noise in ("Traceback", "Check failure", "Fatal Python error", "SIGABRT", "client.h"):
+        assert noise not in output, output[-3000:]
     with pytest.raises(ProcessLookupError):   # the survivor is gone too
-        os.kill(pids[0], 0)
+        os.kill(pids[survivor], 0)
 
 
-def _launch_until_step(*train_args):
+def _launch_until_step(*train_args, steps=60):
     """Start a 2-process launch of `train` and read its output until process 0 reports a step."""
     proc = subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", "launch", "--processes", "2", "--", "train",
-                             "--steps", "60", "--batch", "16", "--seq", "64", *train_args], cwd=ROOT,
+                             "--steps", str(steps), "--batch", "16", "--seq", "64", *train_args], cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT), CI="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, pids, start = [], None, time.monotonic()
