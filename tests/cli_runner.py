@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,3 +27,23 @@ def cli_env(args, extra: dict | None = None) -> dict:
 def rainier(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=cli_env(args),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str, env_extra: dict | None = None, cache: bool = True) -> subprocess.Popen:
+    """`rainier ARGS` in the background (for signals sent mid-run); `cache=False` leaves the
+    compile cache out, so the compile lasts long enough to be interrupted in."""
+    env = cli_env(args, env_extra)
+    if not cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll `predicate` until it holds; fail if `proc` exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"exited early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

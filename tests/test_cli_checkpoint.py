@@ -11,12 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from cli_runner import ROOT, cli_env, rainier
+from cli_runner import ROOT, rainier, start, wait_for
 from rainier_jax import manifest, resume
 from rainier_jax.checkpoint import SEAL_DELAY_ENV
 from rainier_jax.parity import FREE_LOSS_RTOL
@@ -42,19 +41,6 @@ def reference(tmp_path_factory):
     assert resume.steps_on_disk(d / "ckpt") == [4, 8, 12]
     (d / "out.txt").write_text(r.stdout)
     return d
-
-
-def start(*args, env_extra=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=cli_env(args, env_extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"exited early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_checkpointing_does_not_change_the_run(reference, tmp_path):

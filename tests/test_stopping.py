@@ -15,7 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from cli_runner import ROOT, cli_env
+from cli_runner import ROOT, cli_env, start, wait_for
 from rainier_jax import manifest, resume, stopping
 
 TRAIN = ("train", "--steps", "60", "--batch", "16", "--seq", "64", "--eval-every", "0")
@@ -24,23 +24,6 @@ TOKENS = 16 * 64
 # counts and the messages; these bounds only catch a run that keeps going.
 AT_ONCE_S = 10.0
 SAVE_SLACK_S = 20.0
-
-
-def start(args, *, cache=True) -> subprocess.Popen:
-    env = cli_env(args)
-    if not cache:   # a compile long enough to be interrupted in
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)
-        env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
-    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"exited early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def catches_sigterm(pid: int) -> bool:
@@ -62,7 +45,7 @@ def test_sigterm_during_compilation_ends_at_once(tmp_path):
     """Nothing is computed before the first step that is not on disk already: the run ends on
     the spot, exit 0, one line — not after the compile and the state's initialisation."""
     ckpt = tmp_path / "ckpt"
-    proc = start([*TRAIN, "--checkpoint-dir", str(ckpt)], cache=False)
+    proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), cache=False)
     try:
         # The checkpoint session's handler is in place just before the compile starts; 2 s later
         # the step is being compiled (about 10 s here).
@@ -86,7 +69,7 @@ def test_sigterm_mid_run_stops_after_the_step_in_flight(tmp_path):
     """SIGTERM while step N+1 runs: the run saves step N+1 and exits 0 — the loop dispatches no
     step after the signal — within one step plus its save (and slack)."""
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
-    proc = start([*TRAIN, "--checkpoint-dir", str(ckpt), "--metrics", str(metrics)])
+    proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), "--metrics", str(metrics))
     try:
         wait_for(lambda: len(records(metrics)) >= 3, proc)
         time.sleep(0.1)   # into the next step (about 0.7 s each here)
