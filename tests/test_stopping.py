@@ -41,6 +41,15 @@ def records(path: Path) -> list[dict]:
         return []
 
 
+def sigterm_and_wait(proc, then=lambda: None):
+    """Send SIGTERM, call `then` at once, wait for the exit: (stdout, stderr, seconds, then())."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    right_after = then()
+    out, err = proc.communicate(timeout=120)
+    return out, err, time.monotonic() - sent, right_after
+
+
 def test_sigterm_during_compilation_ends_at_once(tmp_path):
     """Nothing is computed before the first step that is not on disk already: the run ends on
     the spot, exit 0, one line — not after the compile and the state's initialisation."""
@@ -51,10 +60,7 @@ def test_sigterm_during_compilation_ends_at_once(tmp_path):
         # the step is being compiled (about 10 s here).
         wait_for(lambda: catches_sigterm(proc.pid), proc)
         time.sleep(2)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-        took = time.monotonic() - sent
+        out, err, took, _ = sigterm_and_wait(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -74,11 +80,7 @@ def test_sigterm_mid_run_stops_after_the_step_in_flight(tmp_path):
         wait_for(lambda: len(records(metrics)) >= 3, proc)
         time.sleep(0.1)   # into the next step (about 0.7 s each here)
         before = len(records(metrics))
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        after = len(records(metrics))
-        out, err = proc.communicate(timeout=120)
-        took = time.monotonic() - sent
+        out, err, took, after = sigterm_and_wait(proc, then=lambda: len(records(metrics)))
     finally:
         if proc.poll() is None:
             proc.kill()
