@@ -30,15 +30,12 @@ def checkpoint_plan(args):
         if args.resume:
             raise ConfigError("--resume needs --checkpoint-dir DIR (the run to continue)")
         return None, None, []
-    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
-        raise ConfigError(f"--checkpoint-every {args.checkpoint_every}: must be a positive number of steps "
-                          "(leave it out to save only at the end and when stopped)")
-    if args.keep is not None and args.keep <= 0:
-        raise ConfigError(f"--keep {args.keep}: must keep at least 1 checkpoint")
     from rainier_jax.values import bounded_int
-    for name in ("checkpoint_every", "keep"):
-        if getattr(args, name) is not None:
-            bounded_int(resume.flag(name), getattr(args, name))
+    if args.checkpoint_every is not None:
+        bounded_int("--checkpoint-every", args.checkpoint_every, want="a positive number of steps (leave it "
+                    "out to save only at the end and when stopped)")
+    if args.keep is not None:
+        bounded_int("--keep", args.keep, want="at least 1 (checkpoints kept)")
     # Made absolute here, at the edge: orbax refuses relative paths, and a resumed run may start
     # from another working directory.
     args.checkpoint_dir = os.path.abspath(args.checkpoint_dir)

@@ -161,15 +161,6 @@ def _load_json(path: Path):
         raise ValueError("nested too deeply") from None
 
 
-def read_meta(step_dir: Path) -> dict:
-    """The validated run record of a checkpoint (OSError or ValueError — ConfigError included —
-    when it is unreadable, of another version, or malformed). Does not check the manifest."""
-    record = _load_json(step_dir / META_FILE)
-    if _record_version(record) not in (None, FORMAT_VERSION):
-        raise ValueError(f"record format version {_record_version(record)}, not {FORMAT_VERSION}")
-    return validate_record(record, int(step_dir.name))
-
-
 # --- the checkpoint directory -------------------------------------------------------------------
 
 _STEP_NAME = re.compile(r"0|[1-9][0-9]*")   # orbax's own step names (ASCII digits, no leading zero)
