@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_emulation import append_section  # noqa: E402
-from rainier_jax.model_config import ModelConfig, load_model  # noqa: E402  (no JAX import)
+from rainier_jax.spec.model import ModelConfig, load_model  # noqa: E402  (no JAX import)
 
 MESH = "trn2-mini-8"
 # ~34M parameters, ~400 MB of fp32 params + Adam moments: big enough that a save takes visible time.
@@ -46,9 +46,9 @@ def dir_bytes(path: Path) -> int:
 
 def run_mode(program, corpus, record: dict, mode: str, save_every: int, tmp_root: str | None) -> dict:
     """Train `program` from scratch once in `mode`; returns wall seconds and the saver's figures."""
-    from rainier_jax import resume
-    from rainier_jax.checkpoint import Checkpointer
-    from rainier_jax.train import train
+    from rainier_jax.train.checkpoint import record as resume
+    from rainier_jax.train.checkpoint.store import Checkpointer
+    from rainier_jax.train.loop import train
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_checkpoint_{mode}_", dir=tmp_root))
     try:
@@ -116,12 +116,12 @@ def main() -> int:
     import jax   # sized before anything touches a device: one CPU device per emulated rank
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", 8)
-    from rainier_jax import resume
-    from rainier_jax.data import load_corpus
-    from rainier_jax.layout import parse_layout, place
-    from rainier_jax.run_config import RunConfig
-    from rainier_jax.topology import load_topology
-    from rainier_jax.train import build_program, mesh_on_ranks, train
+    from rainier_jax.train.checkpoint import record as resume
+    from rainier_jax.train.data import load_corpus
+    from rainier_jax.parallel.layout import parse_layout, place
+    from rainier_jax.spec.run import RunConfig
+    from rainier_jax.hardware.topology import load_topology
+    from rainier_jax.train.loop import build_program, mesh_on_ranks, train
 
     topo = load_topology(MESH)
     run = RunConfig(steps=args.steps, batch=args.batch, seq=args.seq, eval_every=0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from rainier_jax.config import resolve_named_file  # noqa: E402  (no JAX import)
+from rainier_jax.config.typed import resolve_named_file  # noqa: E402  (no JAX import)
 
 BASELINE = "1 device"
 LAYOUTS = ["dp=8", "fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2", "dp=4,tp=2"]

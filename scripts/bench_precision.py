@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_emulation import append_section, run_once  # noqa: E402
-from rainier_jax.precision import PRESETS  # noqa: E402  (no JAX import)
+from rainier_jax.spec.precision import PRESETS  # noqa: E402  (no JAX import)
 
 TARGET = {"bf16-mixed": 1.3}
 

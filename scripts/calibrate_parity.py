@@ -2,7 +2,7 @@
 
 Runs the lock-step comparison of several trn2-mini-8 layouts against one device, for two batch
 shapes, and prints, per backprop depth d, the worst gradient error in units of eps and of C^d·eps.
-K in rainier_jax/parity.py is 4× the worst of the latter.
+K in rainier_jax/parity/harness.py is 4× the worst of the latter.
 
     PYTHONPATH=. python scripts/calibrate_parity.py [--steps 4] [--c 1.1]
 """
@@ -15,13 +15,13 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")  # before JAX starts: a script
 
 import numpy as np  # noqa: E402
 
-from rainier_jax import data  # noqa: E402
-from rainier_jax.layout import ParallelLayout, parse_layout, place  # noqa: E402
-from rainier_jax.model_config import load_model  # noqa: E402
-from rainier_jax.parity import Bound, run_parity  # noqa: E402
-from rainier_jax.run_config import RunConfig  # noqa: E402
-from rainier_jax.topology import load_topology  # noqa: E402
-from rainier_jax.train import build_program, mesh_on_ranks  # noqa: E402
+from rainier_jax.train import data  # noqa: E402
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout, place  # noqa: E402
+from rainier_jax.spec.model import load_model  # noqa: E402
+from rainier_jax.parity.harness import Bound, run_parity  # noqa: E402
+from rainier_jax.spec.run import RunConfig  # noqa: E402
+from rainier_jax.hardware.topology import load_topology  # noqa: E402
+from rainier_jax.train.loop import build_program, mesh_on_ranks  # noqa: E402
 
 LAYOUTS = ["dp=8", "fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2", "dp=2,tp=4", "fsdp=2,tp=4", "dp=4,fsdp=2"]
 SHAPES = [(16, 64), (32, 128)]

@@ -50,16 +50,16 @@ def profile_one(layout_text: str) -> dict:
     import resource
 
     sys.path.insert(0, str(ROOT))
-    from rainier_jax.topology import load_topology, with_nodes
+    from rainier_jax.hardware.topology import load_topology, with_nodes
     topo = with_nodes(load_topology(MESH), NODES)
     import jax   # sized before anything runs on it
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", topo.num_ranks)
 
-    from rainier_jax import compiled
-    from rainier_jax.layout import parse_layout
-    from rainier_jax.model_config import load_model
-    from rainier_jax.run_config import RunConfig
+    from rainier_jax.perf import compiled
+    from rainier_jax.parallel.layout import parse_layout
+    from rainier_jax.spec.model import load_model
+    from rainier_jax.spec.run import RunConfig
 
     model = load_model(MODEL)
     layout = parse_layout(layout_text, topo.num_ranks)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from rainier_jax import calibration, published
-from rainier_jax.estimate_view import size
-from rainier_jax.model_config import load_model
-from rainier_jax.planner import breakdown, describe_settings, plan
-from rainier_jax.topology import load_topology, with_nodes
+from rainier_jax.perf import calibration
+from rainier_jax.perf import published
+from rainier_jax.perf.estimate_view import size
+from rainier_jax.spec.model import load_model
+from rainier_jax.perf.planner import breakdown, describe_settings, plan
+from rainier_jax.hardware.topology import load_topology, with_nodes
 
 SCENARIOS = [
     # (label, model, mesh, nodes, global batch, seq)

@@ -68,9 +68,9 @@ def run_one(model, corpus, *, preset: str, lr: float, args) -> dict:
     import jax
     import numpy as np
 
-    from rainier_jax.layout import ParallelLayout
-    from rainier_jax.run_config import RunConfig
-    from rainier_jax.train import build_program, mesh_on_ranks, train
+    from rainier_jax.parallel.layout import ParallelLayout
+    from rainier_jax.spec.run import RunConfig
+    from rainier_jax.train.loop import build_program, mesh_on_ranks, train
 
     run = RunConfig(steps=args.steps, batch=args.batch, seq=args.seq, lr=lr, warmup_steps=args.warmup_steps,
                     eval_every=0, precision=preset, seed=args.seed)
@@ -211,9 +211,9 @@ def main(argv=None) -> int:
     import jax
     jax.config.update("jax_num_cpu_devices", 1)   # before anything else touches JAX
 
-    from rainier_jax import data as data_lib
-    from rainier_jax.model_config import load_model
-    from rainier_jax.precision import get_policy
+    from rainier_jax.train import data as data_lib
+    from rainier_jax.spec.model import load_model
+    from rainier_jax.spec.precision import get_policy
 
     for preset in args.presets:
         get_policy(preset)

@@ -1,10 +1,10 @@
 """Shared test helpers: build a compiled program for a layout of trn2-mini-8 (or one device)."""
 
-from rainier_jax.layout import ParallelLayout, parse_layout, place
-from rainier_jax.model_config import load_model
-from rainier_jax.run_config import RunConfig
-from rainier_jax.topology import load_topology
-from rainier_jax.train import build_program, mesh_on_ranks
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout, place
+from rainier_jax.spec.model import load_model
+from rainier_jax.spec.run import RunConfig
+from rainier_jax.hardware.topology import load_topology
+from rainier_jax.train.loop import build_program, mesh_on_ranks
 
 MINI8 = load_topology("trn2-mini-8")
 TINY = load_model("tiny")

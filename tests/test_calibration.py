@@ -3,7 +3,8 @@ per chip generation derived from ONE published run, the other run predicted with
 
 import pytest
 
-from rainier_jax import calibration, published
+from rainier_jax.perf import calibration
+from rainier_jax.perf import published
 
 
 def test_published_rows_are_in_the_project_with_their_provenance():
@@ -19,7 +20,7 @@ def test_published_rows_are_in_the_project_with_their_provenance():
 
 
 def test_constants_are_the_derived_values():
-    """The constants in calibration.py are what their derivations give today, rounded."""
+    """The constants in perf/calibration.py are what their derivations give today, rounded."""
     assert calibration.LINKS == round(103.89 / 128, 2) == 0.81
     assert calibration.COMPUTE == round(published.derive_compute(), 2)
     assert calibration.EFFICIENCY["trainium2"] == calibration.EFFICIENCY["trainium1"]

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from programs import MINI8, RUN, TINY, program_for
-from rainier_jax import checkpoint, data as data_lib, manifest, resume
-from rainier_jax.parity import FREE_LOSS_RTOL
-from rainier_jax.train import train
+from rainier_jax.train.checkpoint import store
+from rainier_jax.train import data as data_lib
+from rainier_jax.train.checkpoint import manifest
+from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.parity.harness import FREE_LOSS_RTOL
+from rainier_jax.train.loop import train
 
 N = 2  # steps before and after the save
 
@@ -41,7 +44,7 @@ RECORD = resume.run_record(mesh=MINI8.name, lnc=MINI8.lnc, layout="test", model=
 
 def train_saving(prog, directory):
     """2N steps from a fresh state, saving (asynchronously) at step N and at the end."""
-    saver = checkpoint.Checkpointer(directory, keep=3)
+    saver = store.Checkpointer(directory, keep=3)
     records = []
     final = train(prog, corpus(), on_step=records.append,
                   save=lambda step, state: saver.save(step, state, resume.step_record(RECORD, step)), save_every=N)
@@ -52,7 +55,7 @@ def train_saving(prog, directory):
 
 def resume_from(prog, step_dir):
     records = []
-    final = train(prog, corpus(), on_step=records.append, state=checkpoint.restore(step_dir, prog.abstract_state))
+    final = train(prog, corpus(), on_step=records.append, state=store.restore(step_dir, prog.abstract_state))
     return records, final
 
 
@@ -99,9 +102,9 @@ PAIRS = [
 def test_restore_onto_another_layout(tmp_path, saved, resumed):
     src, dst = program(saved[0], **saved[1]), program(resumed[0], **resumed[1])
     records, final = train_saving(src, tmp_path)
-    state = checkpoint.restore(tmp_path / str(N), dst.abstract_state)
+    state = store.restore(tmp_path / str(N), dst.abstract_state)
     # Resharding on restore is exact: every array equals what was saved, now in dst's shardings.
-    saved_state = checkpoint.restore(tmp_path / str(N), src.abstract_state)
+    saved_state = store.restore(tmp_path / str(N), src.abstract_state)
     assert_trees_equal(saved_state, state)
     for leaf, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(dst.state_shardings)):
         assert leaf.sharding == sharding
@@ -152,5 +155,5 @@ def test_checkpoint_is_sealed_and_complete(tmp_path):
     assert found.meta["step"] == 2 * N and found.meta["data_position"] == {"next_batch": 2 * N}
     assert found.meta["rng"]["seed"] == RUN.seed and found.meta["rng"]["counter"] == 2 * N
     assert set(found.meta) >= {"model", "run", "mesh", "lnc", "parallel", "data", "saved_at"}
-    state = checkpoint.restore(found.path, prog.abstract_state)
+    state = store.restore(found.path, prog.abstract_state)
     assert int(state.step) == 2 * N

@@ -21,11 +21,14 @@ import jax.numpy as jnp
 import pytest
 
 from cli_runner import rainier
-from rainier_jax import checkpoint, data as data_lib, manifest, resume
-from rainier_jax.config import ConfigError
-from rainier_jax.model_config import load_model
-from rainier_jax.run_config import RunConfig
-from rainier_jax.train import TrainState
+from rainier_jax.train.checkpoint import store
+from rainier_jax.train import data as data_lib
+from rainier_jax.train.checkpoint import manifest
+from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.spec.model import load_model
+from rainier_jax.spec.run import RunConfig
+from rainier_jax.train.loop import TrainState
 
 TINY = load_model("tiny")
 TMP = ".orbax-checkpoint-tmp"   # orbax's name for a save not committed yet
@@ -53,7 +56,7 @@ def rec():
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, rec):
     d = tmp_path_factory.mktemp("made") / "ckpt"
-    saver = checkpoint.Checkpointer(d, keep=3)
+    saver = store.Checkpointer(d, keep=3)
     for step in (1, 2):
         saver.save(step, state(step), resume.step_record(rec, step))
     saver.close()
@@ -96,7 +99,7 @@ def test_keep_cleanup_deletes_only_rainiers_own_checkpoints(made, tmp_path, rec)
     (d / "3" / "notes.txt").write_text("mine")        # a user's folder with a step-like name
     shutil.copytree(made / "1", d / "1")               # rainier's, but of a record version it does not read
     edit_record(d / "1", lambda r: {**r, "format_version": 2})
-    saver = checkpoint.Checkpointer(d, keep=1)
+    saver = store.Checkpointer(d, keep=1)
     assert 3 not in saver._manager.all_steps()         # orbax does not take it for a step
     for step in (4, 5, 6):
         saver.save(step, state(step), resume.step_record(rec, step))
@@ -109,7 +112,7 @@ def test_keep_cleanup_deletes_only_rainiers_own_checkpoints(made, tmp_path, rec)
 
 def test_a_folder_appearing_during_the_run_is_not_overwritten(tmp_path, rec):
     d = tmp_path / "ckpt"
-    saver = checkpoint.Checkpointer(d, keep=3)
+    saver = store.Checkpointer(d, keep=3)
     saver.save(1, state(1), resume.step_record(rec, 1))
     (d / "2").mkdir()
     (d / "2" / "notes.txt").write_text("mine")
@@ -134,7 +137,7 @@ def test_foreign_step_entries_are_refused(made, tmp_path, kind):
         foreign.write_text("mine")
     elif kind == "symlink":   # even to a real checkpoint: rainier writes no symlinks
         foreign.symlink_to(made / "2")
-    else:                     # another program's orbax checkpoint
+    else:                     # another program's orbax store
         (foreign / "state").mkdir(parents=True)
         (foreign / "_CHECKPOINT_METADATA").write_text("{}")
     with pytest.raises(ConfigError, match=r"7 is not a rainier-jax checkpoint .*move it out of"):
@@ -323,7 +326,7 @@ def test_sha256sum_still_checks_a_checkpoint(ckpt):
 ], ids=["OSError-save", "RuntimeError-close"])
 def test_failed_save_raises_and_discard_uncommitted_frees_it(tmp_path, rec, monkeypatch, error, raised_by):
     d = tmp_path / "ckpt"
-    saver = checkpoint.Checkpointer(d, keep=1)
+    saver = store.Checkpointer(d, keep=1)
     saver.save(1, state(1), resume.step_record(rec, 1))
 
     seal = manifest.write

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ROOT, rainier, start, wait_for
-from rainier_jax import manifest, resume
-from rainier_jax.checkpoint import SEAL_DELAY_ENV
-from rainier_jax.parity import FREE_LOSS_RTOL
+from rainier_jax.train.checkpoint import manifest
+from rainier_jax.train.checkpoint import record
+from rainier_jax.train.checkpoint.store import SEAL_DELAY_ENV
+from rainier_jax.parity.harness import FREE_LOSS_RTOL
 
 TRAIN = ("train", "--steps", "12", "--batch", "16", "--seq", "64", "--eval-every", "0")
 EVERY = 4
@@ -38,7 +39,7 @@ def reference(tmp_path_factory):
     r = rainier(*TRAIN, "--checkpoint-dir", str(d / "ckpt"), "--checkpoint-every", str(EVERY),
                 "--metrics", str(d / "m.jsonl"))
     assert r.returncode == 0, r.stderr
-    assert resume.steps_on_disk(d / "ckpt") == [4, 8, 12]
+    assert record.steps_on_disk(d / "ckpt") == [4, 8, 12]
     (d / "out.txt").write_text(r.stdout)
     return d
 
@@ -66,7 +67,7 @@ def test_signal_saves_and_resume_is_bitwise(reference, tmp_path, sig):
     assert stopped, out
     step = int(stopped.group(1))
     assert 4 <= step < 12 and Path(stopped.group(2)) == ckpt / str(step)
-    assert 4 in resume.steps_on_disk(ckpt) and step in resume.steps_on_disk(ckpt)   # the in-flight one finished
+    assert 4 in record.steps_on_disk(ckpt) and step in record.steps_on_disk(ckpt)   # the in-flight one finished
     assert manifest.verify(ckpt / str(step)) is None
 
     r = rainier("train", "--checkpoint-dir", str(ckpt), "--resume", "--metrics", str(metrics))
@@ -83,7 +84,7 @@ def test_sigkill_during_an_inflight_save_loses_nothing_complete(reference, tmp_p
     wait_for(lambda: any(ckpt.glob("8.orbax-checkpoint-tmp*")), proc)
     proc.kill()
     proc.wait(timeout=30)
-    assert resume.steps_on_disk(ckpt) == [4], "only the committed checkpoint counts"
+    assert record.steps_on_disk(ckpt) == [4], "only the committed checkpoint counts"
     assert manifest.verify(ckpt / "4") is None
     assert max(losses(metrics)) > 4   # steps past the checkpoint were logged, then lost
 
@@ -92,7 +93,7 @@ def test_sigkill_during_an_inflight_save_loses_nothing_complete(reference, tmp_p
     assert f"resumed from {ckpt / '4'} (step 4" in r.stdout
     assert "dropped" in r.stdout     # the lost steps' records, logged again by the resumed run
     assert losses(metrics) == losses(reference / "m.jsonl")
-    assert resume.steps_on_disk(ckpt) == [4, 8, 12]
+    assert record.steps_on_disk(ckpt) == [4, 8, 12]
     assert not list(ckpt.glob("*.orbax-checkpoint-tmp*")), "the crashed save's leftovers are cleaned up"
 
 
@@ -134,7 +135,7 @@ def test_resume_on_another_layout_and_extended(reference, tmp_path):
     assert "--steps: 12 → 14" in r.stdout and "--lr: 0.003 → 0.001 from step 13" in r.stdout
     assert "resumed from" in r.stdout and "saved as pp=1,dp=8" in r.stdout
     assert sorted(losses(tmp_path / "m.jsonl")) == [13, 14]
-    found = resume.newest_intact(ckpt)
+    found = record.newest_intact(ckpt)
     assert found.step == 14 and found.meta["run"]["steps"] == 14 and found.meta["run"]["lr"] == 1e-3
     assert found.meta["parallel"] == "pp=2,dp=2,fsdp=1,tp=2"
 
@@ -208,7 +209,7 @@ def test_docs_snippet_loads_a_checkpoint_with_orbax_alone(reference):
     import numpy as np
 
     from programs import program_for
-    from rainier_jax import checkpoint
+    from rainier_jax.train.checkpoint import store as checkpoint
 
     doc = (ROOT / "docs" / "CHECKPOINTS.md").read_text()
     code = doc.split("<!-- plain-orbax -->\n```python\n", 1)[1].split("```", 1)[0]

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from cli_runner import rainier
-from rainier_jax import cli, flops
-from rainier_jax.model_config import load_model
+from rainier_jax.cli import main as cli
+from rainier_jax.perf import flops
+from rainier_jax.spec.model import load_model
 
 ESTIMATE = ["estimate", "--model", "llama-3.1-8b", "--mesh", "trn2-instance", "--parallel", "tp=16,dp=4",
             "--batch", "64", "--seq", "8192"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ROOT, cli_env
-from rainier_jax.cli import build_parser, close_matches
-from rainier_jax.config import ConfigError
+from rainier_jax.cli.main import build_parser, close_matches
+from rainier_jax.config.typed import ConfigError
 
 TIMEOUT_S = 60  # generous for a loaded machine: a case takes about a second (a hung FIFO forever)
 PARITY_TIMEOUT_S = 300  # the parity run: ~5 s with the compile cache warm, 20-50 s cold and loaded
@@ -103,7 +103,7 @@ def runs(request, tmp_path_factory):
     p = _inputs(tmp_path_factory.mktemp("usability"))
     # A library call, not the CLI: a directory's FIFO is skipped without being opened, and is not
     # counted among its files.
-    load_dir = (f"from rainier_jax import data; c = data.load_corpus({str(p['with_fifo'])!r}, 256, 16); "
+    load_dir = (f"from rainier_jax.train import data; c = data.load_corpus({str(p['with_fifo'])!r}, 256, 16); "
                 "print(c.num_files, c.num_bytes); print(*c.notes)")
     cases = {
         "typo": lambda: _cli("train", "--stpes", "3"),

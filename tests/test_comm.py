@@ -1,13 +1,13 @@
 """Collective pricing: the link class a group crosses on the trn2 torus, the UltraServer ring and
-across nodes, and the algorithm formulas (rainier_jax/comm.py's docstring)."""
+across nodes, and the algorithm formulas (rainier_jax/collectives.py's docstring)."""
 
 import math
 
 import pytest
 
-from rainier_jax import comm
-from rainier_jax.layout import axis_groups, parse_layout, place
-from rainier_jax.topology import load_topology, with_nodes
+from rainier_jax.perf import collectives
+from rainier_jax.parallel.layout import axis_groups, parse_layout, place
+from rainier_jax.hardware.topology import load_topology, with_nodes
 
 INSTANCE = load_topology("trn2-instance")          # 64 ranks: rank = chip·4 + core, chip = y·4 + x
 ULTRA = load_topology("trn2-ultraserver")          # 256 ranks: 4 instances in a Z ring
@@ -23,7 +23,7 @@ ULTRA = load_topology("trn2-ultraserver")          # 256 ranks: 4 instances in a
     (with_nodes(ULTRA, 2), [5, 256 + 5], "efa"),
 ])
 def test_group_link_class(topo, group, cls):
-    assert comm.group_link(topo, group).name == cls
+    assert collectives.group_link(topo, group).name == cls
 
 
 def test_placed_axes_cross_the_expected_links():
@@ -32,7 +32,7 @@ def test_placed_axes_cross_the_expected_links():
     topo = with_nodes(ULTRA, 4)
     layout = parse_layout("tp=4,fsdp=64,dp=4", topo.num_ranks)
     placement = place(layout, topo)
-    links = {axis: {comm.group_link(topo, [int(r) for r in g]).name for g in axis_groups(placement, axis)}
+    links = {axis: {collectives.group_link(topo, [int(r) for r in g]).name for g in axis_groups(placement, axis)}
              for axis in ("tp", "fsdp", "dp")}
     assert links == {"tp": {"on_chip"}, "fsdp": {"ring"}, "dp": {"efa"}}
 
@@ -40,25 +40,25 @@ def test_placed_axes_cross_the_expected_links():
 def test_ring_formula_for_large_messages():
     group = [0, 4, 8, 12]            # one ring of the torus row, 1 hop per step
     S = 2 ** 30
-    p = comm.price(INSTANCE, "all-reduce", S, group)
+    p = collectives.price(INSTANCE, "all-reduce", S, group)
     torus = INSTANCE.links["torus"]
     B = torus.bytes_per_s / 2        # per_direction = false: one direction is half
     B *= 2                           # the ring runs both directions, half the buffer each way
     assert p.algorithm == "ring" and p.link == "torus"
     assert p.seconds == pytest.approx(2 * 3 * (torus.latency_s + S / (4 * B)))
-    ag = comm.price(INSTANCE, "all-gather", S, group)
+    ag = collectives.price(INSTANCE, "all-gather", S, group)
     assert ag.seconds == pytest.approx(3 * (torus.latency_s + S / (4 * B)))
 
 
 def test_ring_paths_use_every_link_of_a_whole_torus():
     """A row of the torus is one cycle (both directions: ×2); a group over all 16 chips runs two
     edge-disjoint Hamiltonian cycles (×4); ranks of one chip share HBM (×1)."""
-    assert comm.ring_paths(INSTANCE, [0, 4, 8, 12]) == 2
-    assert comm.ring_paths(INSTANCE, list(range(0, 64, 4))) == 4
-    assert comm.ring_paths(INSTANCE, list(range(64))) == 4
-    assert comm.ring_paths(INSTANCE, [0, 1, 2, 3]) == 1
-    assert comm.ring_paths(ULTRA, [0, 64, 128, 192]) == 2
-    big = comm.price(INSTANCE, "all-reduce", 2 ** 30, list(range(0, 64, 4)))
+    assert collectives.ring_paths(INSTANCE, [0, 4, 8, 12]) == 2
+    assert collectives.ring_paths(INSTANCE, list(range(0, 64, 4))) == 4
+    assert collectives.ring_paths(INSTANCE, list(range(64))) == 4
+    assert collectives.ring_paths(INSTANCE, [0, 1, 2, 3]) == 1
+    assert collectives.ring_paths(ULTRA, [0, 64, 128, 192]) == 2
+    big = collectives.price(INSTANCE, "all-reduce", 2 ** 30, list(range(0, 64, 4)))
     torus = INSTANCE.links["torus"]
     assert big.algorithm == "ring"
     assert big.seconds == pytest.approx(2 * 15 * (torus.latency_s + 2 ** 30 / (16 * 4 * torus.bytes_per_s / 2)))
@@ -66,40 +66,40 @@ def test_ring_paths_use_every_link_of_a_whole_torus():
 
 def test_small_messages_take_a_latency_optimal_algorithm():
     group = list(range(0, 64, 4))    # 16 chips
-    small = comm.price(INSTANCE, "all-reduce", 4096, group)
+    small = collectives.price(INSTANCE, "all-reduce", 4096, group)
     assert small.algorithm in ("mesh", "rdh")
-    assert small.seconds < comm._ring("all-reduce", 16, 4096, INSTANCE.links["torus"].latency_s,
-                                      comm.bandwidth(INSTANCE, INSTANCE.links["torus"], 1))
+    assert small.seconds < collectives._ring("all-reduce", 16, 4096, INSTANCE.links["torus"].latency_s,
+                                      collectives.bandwidth(INSTANCE, INSTANCE.links["torus"], 1))
 
 
 def test_ranks_of_a_chip_share_its_links():
     layout = parse_layout("tp=1,dp=64", 64)
     groups = [[int(r) for r in g] for g in axis_groups(place(layout, INSTANCE), "dp")]
-    alone = comm.price(INSTANCE, "all-reduce", 2 ** 28, groups[0])
-    shared = comm.price(INSTANCE, "all-reduce", 2 ** 28, groups[0], groups=groups)
-    assert comm.sharers(INSTANCE, groups, groups[0]) == 1   # dp=64 is one group: no one else
+    alone = collectives.price(INSTANCE, "all-reduce", 2 ** 28, groups[0])
+    shared = collectives.price(INSTANCE, "all-reduce", 2 ** 28, groups[0], groups=groups)
+    assert collectives.sharers(INSTANCE, groups, groups[0]) == 1   # dp=64 is one group: no one else
     layout = parse_layout("tp=4,dp=16", 64)                  # tp takes the cores: 4 dp groups per chip
     groups = [[int(r) for r in g] for g in axis_groups(place(layout, INSTANCE), "dp")]
-    assert comm.sharers(INSTANCE, groups, groups[0]) == 4
-    one = comm.price(INSTANCE, "all-reduce", 2 ** 30, groups[0])
-    four = comm.price(INSTANCE, "all-reduce", 2 ** 30, groups[0], groups=groups)
+    assert collectives.sharers(INSTANCE, groups, groups[0]) == 4
+    one = collectives.price(INSTANCE, "all-reduce", 2 ** 30, groups[0])
+    four = collectives.price(INSTANCE, "all-reduce", 2 ** 30, groups[0], groups=groups)
     assert four.seconds > 3.5 * one.seconds and alone.seconds == shared.seconds
 
 
 def test_groups_across_nodes_go_hierarchical():
     topo = with_nodes(INSTANCE, 2)
     group = list(range(0, 128, 4))   # core 0 of every chip of both nodes
-    p = comm.price(topo, "all-reduce", 2 ** 30, group)
+    p = collectives.price(topo, "all-reduce", 2 ** 30, group)
     assert p.link == "efa" and p.algorithm == "hierarchical"
-    flat = comm._ring("all-reduce", 32, 2 ** 30, topo.links["efa"].latency_s,
-                      comm.bandwidth(topo, topo.links["efa"], 1))
+    flat = collectives._ring("all-reduce", 32, 2 ** 30, topo.links["efa"].latency_s,
+                      collectives.bandwidth(topo, topo.links["efa"], 1))
     assert p.seconds < flat / 4
 
 
 def test_permute_and_bad_kind():
-    p = comm.price(ULTRA, "collective-permute", 1e6, [0, 64, 128, 192])
+    p = collectives.price(ULTRA, "collective-permute", 1e6, [0, 64, 128, 192])
     ring = ULTRA.links["ring"]
     assert p.link == "ring" and p.seconds == pytest.approx(ring.latency_s + 1e6 / (ring.bytes_per_s / 2))
     with pytest.raises(ValueError, match="one of"):
-        comm.price(ULTRA, "broadcast", 1, [0, 1])
-    assert math.isfinite(comm.price(ULTRA, "all-to-all", 1e6, [0, 1, 2, 3]).seconds)
+        collectives.price(ULTRA, "broadcast", 1, [0, 1])
+    assert math.isfinite(collectives.price(ULTRA, "all-to-all", 1e6, [0, 1, 2, 3]).seconds)

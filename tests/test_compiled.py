@@ -11,12 +11,15 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from programs import MINI8, RUN, TINY
-from rainier_jax import compiled, flops, hlo, perfmodel
-from rainier_jax.config import ConfigError
-from rainier_jax.layout import ParallelLayout, parse_layout, place
-from rainier_jax.model_config import load_model
-from rainier_jax.topology import load_topology, with_nodes
-from rainier_jax.train import build_program, mesh_on_ranks
+from rainier_jax.perf import compiled
+from rainier_jax.perf import flops
+from rainier_jax.perf import hlo
+from rainier_jax.perf import state_bytes
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout, place
+from rainier_jax.spec.model import load_model
+from rainier_jax.hardware.topology import load_topology, with_nodes
+from rainier_jax.train.loop import build_program, mesh_on_ranks
 
 DFT = "dp=2,fsdp=2,tp=2"
 
@@ -47,10 +50,10 @@ def test_every_collective_is_named_by_the_axes_it_spans(dft_profile):
 
 
 def test_memory_and_flops_match_the_analytic_counts(dft_profile, dft_program):
-    """Argument bytes are the weights + optimizer state per rank (perfmodel), the batch shard and
+    """Argument bytes are the weights + optimizer state per rank (state_bytes), the batch shard and
     the state's scalar counters; dot FLOPs are the analytic hardware FLOPs split over 8 ranks."""
     layout = parse_layout(DFT, 8)
-    state = perfmodel.state_bytes_per_rank(TINY, layout, RUN.policy)
+    state = state_bytes.state_bytes_per_rank(TINY, layout, RUN.policy)
     scalars = sum(a.dtype.itemsize for a in jax.tree.leaves(dft_program.abstract_state) if a.ndim == 0)
     batch = RUN.batch // layout.data_size * (RUN.seq + 1) * np.dtype(np.int32).itemsize
     p = dft_profile
@@ -121,7 +124,7 @@ def test_attribute_picks_the_smallest_combination_of_real_axes():
     topo = load_topology("trn2-instance")     # 64 ranks: a placement that is not the identity
     layout = parse_layout("pp=2,dp=2,fsdp=4,tp=4", topo.num_ranks)
     placement = place(layout, topo)
-    from rainier_jax.layout import axis_groups
+    from rainier_jax.parallel.layout import axis_groups
     for axis in ("pp", "dp", "fsdp", "tp"):
         assert compiled.attribute(axis_groups(placement, axis)[::-1], placement) == (axis,)
     both = axis_groups(placement, ("dp", "fsdp"))

@@ -1,4 +1,4 @@
-"""The analytic performance model (rainier_jax/estimate.py) against the compiled program and its
+"""The analytic performance model (rainier_jax/perf/estimate.py) against the compiled program and its
 own formulas: the `rainier` recipe's collective bytes equal those of the partitioned HLO of the
 real train step, per kind and parallel axes, for dp×fsdp×tp and dp×tp×pp layouts."""
 
@@ -8,14 +8,15 @@ from collections import Counter
 import pytest
 
 from programs import MINI8, RUN, TINY
-from rainier_jax import compiled, flops
-from rainier_jax.estimate import estimate, memory
-from rainier_jax.estimate_view import discrepancies
-from rainier_jax.layout import ParallelLayout, parse_layout
-from rainier_jax.model_config import load_model
-from rainier_jax.run_config import RunConfig
-from rainier_jax.schedules import build_schedule
-from rainier_jax.topology import load_topology, with_nodes
+from rainier_jax.perf import compiled
+from rainier_jax.perf import flops
+from rainier_jax.perf.estimate import estimate, memory
+from rainier_jax.perf.estimate_view import discrepancies
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout
+from rainier_jax.spec.model import load_model
+from rainier_jax.spec.run import RunConfig
+from rainier_jax.parallel.schedules import build_schedule
+from rainier_jax.hardware.topology import load_topology, with_nodes
 
 
 def _bytes(items) -> Counter:

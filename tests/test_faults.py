@@ -20,20 +20,20 @@ from pathlib import Path
 import pytest
 
 from cli_runner import cli_env
-from rainier_jax import manifest
+from rainier_jax.train.checkpoint import manifest
 
 SMALL = ("--batch", "8", "--seq", "32", "--eval-every", "0")
 # Raise ENOSPC where the second checkpoint's files are written (fallback when tmpfs is refused).
 ENOSPC_HOOK = """
 import errno, sys
-from rainier_jax import manifest
+from rainier_jax.train.checkpoint import manifest
 real = manifest.write
 def write(root):
     if root.name.startswith("4."):
         raise OSError(errno.ENOSPC, "No space left on device")
     return real(root)
 manifest.write = write
-from rainier_jax.cli import main
+from rainier_jax.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -136,9 +136,9 @@ def test_metrics_device_refusing_writes_stops_at_the_first_record(faults):
 
 
 def test_loss_scaling_overflow_is_not_divergence():
-    from rainier_jax.precision import PRESETS
-    from rainier_jax.report import StepRecord
-    from rainier_jax.train import StopRun, check_finite
+    from rainier_jax.spec.precision import PRESETS
+    from rainier_jax.train.metrics import StepRecord
+    from rainier_jax.train.loop import StopRun, check_finite
 
     rec = StepRecord(3, float("inf"), float("nan"), 1e-3, 100.0)
     check_finite(rec, PRESETS["fp16-mixed"])       # an overflow: the step was skipped by design

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from cli_runner import rainier
-from rainier_jax import flops
-from rainier_jax.config import ConfigError
-from rainier_jax.model_config import load_model
+from rainier_jax.perf import flops
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.spec.model import load_model
 
 # meta-llama/Llama-3.1-8B config.json (the fields rainier reads, as published)
 LLAMA_31_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,

@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from programs import RUN, TINY, program_for
-from rainier_jax import flops, hlo
+from rainier_jax.perf import flops
+from rainier_jax.perf import hlo
 
 
 @pytest.mark.parametrize("attrs,groups", [
@@ -167,7 +168,7 @@ def test_dot_flops_of_the_compiled_step_match_the_analytic_count(layout, precisi
 def test_remat_does_not_change_the_numbers():
     """Rematerialisation recomputes the same operations: losses and gradients are identical."""
     import numpy as np
-    from rainier_jax import data as data_lib
+    from rainier_jax.train import data as data_lib
     corpus = data_lib.load_corpus(None, TINY.vocab_size, RUN.seq)
     batch = data_lib.batch(corpus, seed=0, step=0, batch_size=RUN.batch, seq_len=RUN.seq)
     results = {}
@@ -200,7 +201,7 @@ def test_compiled_collectives_map_onto_the_links_their_axis_crosses():
     dp=2,fsdp=2,tp=2 (`rainier mesh show`: tp on the chip, fsdp over the torus, dp over the
     instance ring) every collective must land on exactly the class of the axes it spans."""
     from programs import MINI8
-    from rainier_jax import comm
+    from rainier_jax.perf import collectives as comm
 
     program = program_for("dp=2,fsdp=2,tp=2")
     found = hlo.collectives(hlo.parse_module(program.step.as_text()), num_devices=8)

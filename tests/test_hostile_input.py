@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rainier_jax import cli, values
-from rainier_jax.config import ConfigError
+from rainier_jax.cli import main as cli
+from rainier_jax.config import values
+from rainier_jax.config.typed import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = (REPO / "models" / "tiny.toml").read_text()
@@ -192,11 +193,11 @@ def test_size_product_names_each_factor():
 
 
 def test_host_memory_check_compares_with_what_is_available():
-    from rainier_jax import host_memory
-    from rainier_jax.layout import parse_layout
-    from rainier_jax.model_config import load_model
-    from rainier_jax.run_config import RunConfig
-    from rainier_jax.topology import load_topology
+    from rainier_jax.perf import host_memory
+    from rainier_jax.parallel.layout import parse_layout
+    from rainier_jax.spec.model import load_model
+    from rainier_jax.spec.run import RunConfig
+    from rainier_jax.hardware.topology import load_topology
 
     topo = load_topology("trn2-mini-8")
     need = host_memory.need(load_model("tiny"), topo, parse_layout(None, 8), RunConfig(), what="tiny")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ROOT, rainier
-from rainier_jax import launch as launch_lib
+from rainier_jax.dist import launcher as launch_lib
 
 PP = ["--parallel", "dp=2,tp=2,pp=2", "--microbatches", "2", "--batch", "16", "--seq", "64", "--steps", "4",
       "--checkpoint-every", "2"]

@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from rainier_jax import sharding
-from rainier_jax.config import ConfigError
-from rainier_jax.layout import (AXES, ParallelLayout, axis_groups, axis_links, parse_layout, place,
+from rainier_jax.parallel import sharding
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.parallel.layout import (AXES, ParallelLayout, axis_groups, axis_links, parse_layout, place,
                                 tp_ring_warnings, validate_batch, validate_for_model)
-from rainier_jax.topology import load_topology
-from rainier_jax.train import build_mesh
-from rainier_jax.model_config import load_model, param_shapes
+from rainier_jax.hardware.topology import load_topology
+from rainier_jax.train.loop import build_mesh
+from rainier_jax.spec.model import load_model, param_shapes
 
 MINI8 = load_topology("trn2-mini-8")
 TRN2 = load_topology("trn2-instance")
@@ -149,7 +149,7 @@ def test_parameter_shard_shapes(text):
 
 
 def test_matrix_layouts_include_pipelines():
-    from rainier_jax.layout import admissible_layouts
+    from rainier_jax.parallel.layout import admissible_layouts
     layouts = admissible_layouts(MINI8, TINY, 16, microbatches=None)
     assert len(layouts) == len(set(layouts)) == 20      # every factorisation of 8 over 4 axes the model admits
     assert ParallelLayout(pp=8) in layouts and ParallelLayout(pp=2, dp=2, tp=2) in layouts

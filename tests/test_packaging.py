@@ -18,12 +18,16 @@ def test_wheel_ships_meshes_and_models(tmp_path):
         for f in (ROOT / kind).glob("*.toml"):
             assert f"rainier_jax/{kind}/{f.name}" in names
     assert not any(n.startswith("shared/") or "../" in n for n in names)
+    # Every module of every subpackage ships (pyproject.toml lists the packages by hand).
+    package = ROOT / "rainier_jax"
+    for module in package.rglob("*.py"):
+        assert f"rainier_jax/{module.relative_to(package).as_posix()}" in names
 
     # Installed elsewhere and run from an unrelated directory, the names resolve.
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    code = ("from rainier_jax.config import builtin_names; from rainier_jax.topology import load_topology;"
+    code = ("from rainier_jax.config.typed import builtin_names; from rainier_jax.hardware.topology import load_topology;"
             "print(builtin_names('meshes'), builtin_names('models'), load_topology('trn2-ultraserver').num_ranks)")
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,

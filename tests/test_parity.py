@@ -1,6 +1,6 @@
 """The parity harness: it passes the foundation's layouts, and it catches real bugs.
 
-The bound is the harness's own (rainier_jax/parity.py, docs/PARITY.md): rel_l2 ≤ k·C^depth·eps
+The bound is the harness's own (rainier_jax/parity/harness.py, docs/PARITY.md): rel_l2 ≤ k·C^depth·eps
 per gradient tensor and per layer, with k and C set once from known-good layouts.
 """
 
@@ -15,9 +15,9 @@ import pytest
 
 from cli_runner import rainier
 from programs import RUN, TINY, program_for
-from rainier_jax import data
-from rainier_jax.parity import Bound, run_parity
-from rainier_jax.train import train
+from rainier_jax.train import data
+from rainier_jax.parity.harness import Bound, run_parity
+from rainier_jax.train.loop import train
 
 EPS32 = float(np.finfo(np.float32).eps)
 FOUNDATION_LAYOUTS = ["dp=8", "fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2"]
@@ -107,7 +107,7 @@ GOLDEN_LAYOUTS = ["single", "dp=8", "tp=8", "dp=2,fsdp=2,tp=2"]
 
 
 def test_golden_losses(corpus):
-    from rainier_jax.parity import FREE_LOSS_RTOL
+    from rainier_jax.parity.harness import FREE_LOSS_RTOL
     fresh = {}
     for layout in GOLDEN_LAYOUTS:
         records = []

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from programs import MINI8, RUN, TINY, program_for
-from rainier_jax import perfmodel
-from rainier_jax.layout import ParallelLayout, parse_layout
-from rainier_jax.precision import PRESETS
+from rainier_jax.perf import state_bytes
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout
+from rainier_jax.spec.precision import PRESETS
 
 
 @pytest.mark.parametrize("layout,precision,zero1", [
@@ -23,7 +23,7 @@ def test_state_bytes_match_the_compiled_steps_arguments(layout, precision, zero1
     run = dataclasses.replace(RUN, precision=precision, microbatches=2 if "pp" in layout else 1, zero1=zero1)
     program = program_for(layout, run=run)
     parsed = parse_layout(layout, MINI8.num_ranks)
-    state = perfmodel.state_bytes_per_rank(TINY, parsed, PRESETS[precision], zero1=zero1)
+    state = state_bytes.state_bytes_per_rank(TINY, parsed, PRESETS[precision], zero1=zero1)
     scalars = sum(a.dtype.itemsize for a in jax.tree.leaves(program.abstract_state) if a.ndim == 0)
     batch = run.batch // parsed.data_size * (run.seq + 1) * np.dtype(np.int32).itemsize
     measured = program.step.memory_analysis().argument_size_in_bytes
@@ -31,12 +31,12 @@ def test_state_bytes_match_the_compiled_steps_arguments(layout, precision, zero1
 
 
 def test_params_per_rank_on_one_device_is_the_model():
-    assert perfmodel.params_per_rank(TINY, ParallelLayout()) == TINY.num_params()
+    assert state_bytes.params_per_rank(TINY, ParallelLayout()) == TINY.num_params()
 
 
 def test_zero1_splits_only_the_optimizer():
     layout = parse_layout("dp=4,tp=2", 8)
-    plain = perfmodel.state_bytes_per_rank(TINY, layout, PRESETS["bf16-mixed"])
-    zero1 = perfmodel.state_bytes_per_rank(TINY, layout, PRESETS["bf16-mixed"], zero1=True)
+    plain = state_bytes.state_bytes_per_rank(TINY, layout, PRESETS["bf16-mixed"])
+    zero1 = state_bytes.state_bytes_per_rank(TINY, layout, PRESETS["bf16-mixed"], zero1=True)
     assert zero1["weights"] == plain["weights"] and zero1["grads"] == plain["grads"]
     assert zero1["optimizer"] * 4 == plain["optimizer"]

@@ -8,12 +8,13 @@ import pytest
 
 from cli_runner import rainier
 from programs import MINI8, RUN, TINY, program_for
-from rainier_jax import data, sharding
-from rainier_jax.layout import ParallelLayout, layout_warnings, place
-from rainier_jax.parity import Bound, run_parity
-from rainier_jax.pipeline import pipeline_loss_and_grads, plan
-from rainier_jax.schedules import build_schedule, pack
-from rainier_jax.train import build_program, mesh_on_ranks
+from rainier_jax.train import data
+from rainier_jax.parallel import sharding
+from rainier_jax.parallel.layout import ParallelLayout, layout_warnings, place
+from rainier_jax.parity.harness import Bound, run_parity
+from rainier_jax.parallel.pipeline import pipeline_loss_and_grads, plan
+from rainier_jax.parallel.schedules import build_schedule, pack
+from rainier_jax.train.loop import build_program, mesh_on_ranks
 
 EPS32 = float(np.finfo(np.float32).eps)
 PIPE_RUN = dataclasses.replace(RUN, steps=2)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rainier_jax import data as data_lib
-from rainier_jax import numerics
-from rainier_jax.parity import Bound, run_parity
-from rainier_jax.precision import PRESETS
+from rainier_jax.train import data as data_lib
+from rainier_jax.model import numerics
+from rainier_jax.parity.harness import Bound, run_parity
+from rainier_jax.spec.precision import PRESETS
 from tests.cli_runner import rainier
 from tests.programs import RUN, TINY, program_for
 
@@ -190,7 +190,7 @@ def test_bf16_backward_matmuls_get_bf16_operands():
 
 @pytest.mark.parametrize("precision", list(PRESETS))
 def test_every_preset_trains_with_falling_loss(precision, corpus):
-    from rainier_jax.train import train
+    from rainier_jax.train.loop import train
     run = dataclasses.replace(RUN, steps=12, precision=precision)
     records = []
     prog = program_for("dp=2,fsdp=2,tp=2", run=run)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cli_runner import rainier
-from rainier_jax.config import ConfigError
-from rainier_jax.schedules import IDLE, ScheduleKind, build_schedule, check_table, pack, validate
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.parallel.schedules import IDLE, ScheduleKind, build_schedule, check_table, pack, validate
 
 CASES = [(kind, P, M, V) for P in (2, 4) for M in (P, 2 * P, 4 * P)
          for kind, V in (("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 4))]

@@ -1,4 +1,4 @@
-"""How fast SIGTERM ends `rainier train --checkpoint-dir …` (stopping.py), in subprocesses.
+"""How fast SIGTERM ends `rainier train --checkpoint-dir …` (dist/stopping.py), in subprocesses.
 
 The promise is "finish the current step, save it, exit 0", bounded by one step plus its save:
 before the first step there is nothing to save and the run ends at once, even in the middle of
@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 from cli_runner import ROOT, cli_env, start, wait_for
-from rainier_jax import manifest, resume, stopping
+from rainier_jax.train.checkpoint import manifest
+from rainier_jax.train.checkpoint import record
+from rainier_jax.dist import stopping
 
 TRAIN = ("train", "--steps", "60", "--batch", "16", "--seq", "64", "--eval-every", "0")
 TOKENS = 16 * 64
@@ -68,7 +70,7 @@ def test_sigterm_during_compilation_ends_at_once(tmp_path):
     assert took < AT_ONCE_S, f"took {took:.1f} s"
     assert err == "rainier: SIGTERM before the first step: nothing to save yet; exiting\n", err
     assert "compiled in" not in out, "the signal came after the compile: the test did not test it"
-    assert resume.steps_on_disk(ckpt) == []
+    assert record.steps_on_disk(ckpt) == []
 
 
 def test_sigterm_mid_run_stops_after_the_step_in_flight(tmp_path):
@@ -91,7 +93,7 @@ def test_sigterm_mid_run_stops_after_the_step_in_flight(tmp_path):
     # Logged steps when the signal came, and at most one running (a line written around the
     # signal leaves only the weaker bound).
     assert before <= step <= (before if before == after else after) + 1, (before, after, step)
-    assert resume.steps_on_disk(ckpt) == [step] and manifest.verify(ckpt / str(step)) is None
+    assert record.steps_on_disk(ckpt) == [step] and manifest.verify(ckpt / str(step)) is None
     longest = max(TOKENS / r["tokens_per_s"] for r in records(metrics)[1:])
     assert took < longest + SAVE_SLACK_S, f"took {took:.1f} s; the longest step took {longest:.1f} s"
     assert err.count("stopping after the current step") == 1 and "Traceback" not in err
@@ -100,7 +102,7 @@ def test_sigterm_mid_run_stops_after_the_step_in_flight(tmp_path):
 FAILED_COLLECTIVE = textwrap.dedent("""
     import sys
     from jax.errors import JaxRuntimeError
-    from rainier_jax import stopping
+    from rainier_jax.dist import stopping
     stopping.install(2)   # as cluster.start does for a process of two
     sys.excepthook = stopping.excepthook_for_processes(sys.excepthook)
     print("ready", flush=True)
@@ -119,7 +121,7 @@ def test_a_failed_collective_under_the_launcher_ends_on_its_sigterm(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        note.write_text("process 1 was killed by SIGKILL")   # what launch.py writes, then it sends SIGTERM
+        note.write_text("process 1 was killed by SIGKILL")   # what dist/launcher.py writes, then it sends SIGTERM
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -151,7 +153,7 @@ def test_an_exit_at_once_waits_for_a_file_write():
 
     from jax._src import compiler
 
-    from rainier_jax.report import MetricsLog
+    from rainier_jax.train.metrics import MetricsLog
 
     code = compiler._cache_write.__code__
     assert any(code.co_filename.endswith(path) and code.co_qualname == name for path, name in stopping._WRITERS)

@@ -1,4 +1,4 @@
-"""Mesh files and rainier_jax.topology: rank numbering, neighbours, link classes, bad input.
+"""Mesh files and rainier_jax.hardware.topology: rank numbering, neighbours, link classes, bad input.
 
 Pure Python: nothing here imports JAX.
 """
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rainier_jax.config import ConfigError, builtin_dir
-from rainier_jax.topology import LINK_CLASSES, Coord, load_topology
+from rainier_jax.config.typed import ConfigError, builtin_dir
+from rainier_jax.hardware.topology import LINK_CLASSES, Coord, load_topology
 
 MESHES = {  # name → ranks at the default LNC
     "trn2-instance": 64,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from programs import TINY, program_for
-from rainier_jax import data
-from rainier_jax.run_config import RunConfig
-from rainier_jax.train import lr_schedule, train
-from rainier_jax.transformer import decode, embed, init_params, no_constraint
+from rainier_jax.train import data
+from rainier_jax.spec.run import RunConfig
+from rainier_jax.train.loop import lr_schedule, train
+from rainier_jax.model.llama import decode, embed, init_params, no_constraint
 
 
 def test_state_is_sharded_as_declared():

@@ -1,0 +1,148 @@
+"""`rainier parity`: does a layout compute what a reference computes?"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from rainier_jax.cli.common import check_only, defaulted, run_config, start_jax, writable_dir
+from rainier_jax.config.typed import ConfigError
+
+
+def cmd_parity(args) -> int:
+    from rainier_jax.train import data as data_lib
+    from rainier_jax.parallel.layout import (ParallelLayout, admissible_layouts, matrix_microbatches, parse_layout, place,
+                                    validate_all)
+    from rainier_jax.spec.model import load_model, require_trainable
+    from rainier_jax.spec.precision import check_compatible, get_policy, incompatibility
+    from rainier_jax.hardware.topology import load_topology
+
+    from rainier_jax.dist import cluster as cluster_lib
+
+    cluster = cluster_lib.from_env()
+    topo = load_topology(args.mesh, lnc=args.lnc)
+    cluster_lib.check_topology(cluster, topo)
+    model = load_model(args.model)
+    require_trainable(model)
+    run = run_config(args)
+    if args.matrix == (args.parallel is not None):
+        raise ConfigError("parity: give either --parallel LAYOUT or --matrix (exactly one)")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise ConfigError(f"--tolerance {args.tolerance}: must be a positive relative error, e.g. 1e-5")
+    if args.max_layouts <= 0:
+        raise ConfigError(f"--max-layouts {args.max_layouts}: must be a positive number")
+    if args.matrix:
+        # Without --microbatches, pipeline layouts get pp microbatches so the matrix covers them.
+        candidates = admissible_layouts(topo, model, run.batch, schedule=run.schedule,
+                                        microbatches=args.microbatches, virtual_stages=run.virtual_stages
+                                        )[:args.max_layouts]
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
+    else:
+        candidates = [parse_layout(args.parallel, topo.num_ranks)]
+    reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, flag="--reference")
+    ref_layout = reference or ParallelLayout()
+    # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
+    # Its precision is the candidate's unless given: by default parity checks a layout.
+    ref_precision = get_policy(args.reference_precision or run.precision, flag="--reference-precision").name
+    ref_run = dataclasses.replace(run, precision=ref_precision)
+    if ref_layout.pp == 1:
+        ref_run = dataclasses.replace(ref_run, microbatches=1, virtual_stages=1, schedule="1f1b")
+
+    def run_for(layout):
+        if args.matrix and args.microbatches is None:
+            return dataclasses.replace(run, microbatches=matrix_microbatches(layout))
+        return run
+
+    if args.matrix:  # layouts the precision cannot run (fp8 with a pipeline) are left out, and said so
+        skipped = [c for c in candidates if incompatibility(run.policy, pp=c.pp, microbatches=run_for(c).microbatches)]
+        candidates = [c for c in candidates if c not in skipped]
+        if skipped:
+            print(f"--matrix: {len(skipped)} pipeline layouts skipped: --precision {run.precision} cannot run them")
+        if not candidates:
+            raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks can run --precision {run.precision}")
+    checks = [(c, "--parallel", run_for(c)) for c in candidates]
+    checks.append((ref_layout, "--reference", ref_run))
+    for layout, flag, layout_run in checks:
+        validate_all(layout, model, batch=run.batch, schedule=layout_run.schedule,
+                     microbatches=layout_run.microbatches, virtual_stages=layout_run.virtual_stages, flag=flag,
+                     defaulted=defaulted(args))
+        check_compatible(layout_run.policy, pp=layout.pp, microbatches=layout_run.microbatches,
+                         flag="--reference-precision" if flag == "--reference" else "--precision")
+    # The reference and one candidate at a time are held (each candidate's program is dropped
+    # before the next is built): the largest candidate decides.
+    from rainier_jax.perf import host_memory
+    here, share = host_memory.processes_on_this_host(cluster)
+    biggest = max((host_memory.need(model, topo, c, run_for(c), what=f"candidate {c}", ranks=round(c.size * share))
+                   for c in candidates), key=lambda n: n.total)
+    host_memory.check([biggest, host_memory.need(model, topo, ref_layout, ref_run, what=f"reference {reference or 'single'}")],
+                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
+                      hint=host_memory.hint_for(max(candidates, key=lambda c: c.dp)))
+    # Only process 0 prints and writes the report; every process computes the same verdict.
+    report_dir = writable_dir(args.report) if args.report and cluster.primary else None
+    say = print if cluster.primary else (lambda *a, **k: None)
+    corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
+    if check_only():   # `rainier launch` asked whether the command is valid
+        return 0
+    if cluster.primary:
+        for note in corpus.notes:  # e.g. a --data file that looks binary
+            print(note, file=sys.stderr)
+
+    start_jax(topo.num_ranks, cluster, topo)
+
+    from rainier_jax.parity.harness import EPS32, Bound, run_parity
+    from rainier_jax.parity.report import MATRIX_HEADER, format_result, matrix_row, write_report
+    import jax
+    import numpy as np
+
+    from rainier_jax.train.loop import build_mesh, build_program, mesh_on_ranks
+
+    precisions = f"{run.precision} vs {ref_run.precision}"
+    # The one-device reference runs on each process's own first device (with several processes,
+    # device 0 is not everyone's to use), so every process holds its own reference.
+    ref_mesh = (mesh_on_ranks(ref_layout, place(reference, topo)) if reference
+                else build_mesh(ref_layout, np.array(jax.local_devices()[:1])))
+    ref_prog = build_program(model, ref_layout, ref_mesh, ref_run)
+    ref_name = str(reference) if reference else "single"
+    settings = {"mesh": topo.name, "lnc": topo.lnc, "model": model.name, "steps": run.steps, "batch": run.batch,
+                "seq": run.seq, "seed": run.seed, "lr": run.lr, "precision": run.precision,
+                "reference_precision": ref_run.precision, "corpus_sha256": corpus.sha256,
+                "schedule": run.schedule, "microbatches": run.microbatches, "virtual_stages": run.virtual_stages}
+    results = []
+    written: list = []  # report files, each named as the user gave --report (or under it)
+    if args.matrix:
+        say(f"parity matrix on {topo.name}: {len(candidates)} layouts vs {ref_name} "
+              f"({model.name}, {run.steps} steps, batch {run.batch} × seq {run.seq}, {precisions})")
+        say(MATRIX_HEADER, flush=True)
+    for layout in candidates:
+        cand_run = run_for(layout)
+        same = reference is not None and layout == reference and ref_run == cand_run
+        bound = (Bound("override", EPS32, override=args.tolerance) if args.tolerance is not None
+                 else Bound.for_precisions(ref_run.policy, cand_run.policy, n_layers=model.n_layers, identical=same))
+        prog = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), cand_run)
+        name = str(layout) + (f" {cand_run.schedule} M={cand_run.microbatches}"
+                              if layout.pp > 1 or cand_run.microbatches > 1 else "")
+        result = run_parity(ref_prog, prog, corpus, bound=bound, reference_name=ref_name, candidate_name=name)
+        results.append(result)
+        if args.matrix:
+            say(matrix_row(result), flush=True)
+        else:
+            say(format_result(result, header=(
+                f"parity: {layout} vs {ref_name} on {topo.name} ({model.name}, {run.steps} steps, "
+                f"batch {run.batch} × seq {run.seq}, {precisions})")))
+        if report_dir is not None:
+            written += write_report(result, report_dir / str(layout) if args.matrix else report_dir,
+                                    {**settings, "candidate": str(layout), "reference": ref_name})
+    failed = [r for r in results if not r.passed]
+    if args.matrix:
+        say(f"{len(results) - len(failed)} of {len(results)} layouts pass"
+              + (f"; first failure: {failed[0].candidate}: {failed[0].first_violation}" if failed else ""))
+    # On stderr, like the notes: stdout stays the same for the same command wherever --report points,
+    # so two runs' outputs diff clean (tests/test_parity.py compares them).
+    if written and args.matrix:  # one line, not one per layout
+        names = ", ".join(dict.fromkeys(p.name for p in written))
+        print(f"wrote {len(results)} reports ({names}), one directory per layout under {report_dir}, "
+              f"e.g. {written[0].parent}", file=sys.stderr)
+    elif written:
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
+    return 1 if failed else 0

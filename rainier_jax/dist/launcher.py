@@ -1,0 +1,297 @@
+"""`rainier launch --processes N -- train|parity …`: N local processes on one multi-controller JAX
+runtime, each owning mesh-instances/N emulated instances (rainier_jax/dist/cluster.py).
+
+The launcher validates the command before starting anything, picks a free coordinator port on
+127.0.0.1 (or checks the one given), starts the processes with `JAX_COORDINATOR_ADDRESS`,
+`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, and relays their output with a `[pK] ` prefix on every
+line (gloo's one-line "connected to N peer ranks" notices are dropped). Process 0 draws the
+progress bar when the launcher's terminal would show one.
+
+The launcher itself runs JAX's coordination service. In process 0 — where JAX puts it — its death
+would make JAX abort every other process at once (SIGABRT and a C++ stack trace).
+
+When a process fails — exits non-zero or is killed — the launcher names it, writes that to the
+file `stopping.FAILURE_ENV` names for every process, sends the others SIGTERM and, `GRACE_S`
+later, SIGKILL. (A process that ends on a signal passed on to it is no failure, but the others
+are ended the same way: they may be waiting for it in a collective.) A survivor is typically
+blocked in a collective with the dead peer, where neither the step nor Python's signal handler
+can finish; dist/stopping.py's watcher reads the note and ends it at once with one line and exit
+128 + 15, long before JAX's heartbeat timeout would abort it. The launcher exits with the first
+failing process's code (128 + the signal number for a killed process) and says how each other
+process ended. SIGINT/SIGTERM sent to the launcher are passed on to every process, so Ctrl-C
+saves a checkpoint exactly as it does for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from rainier_jax.config.typed import ConfigError
+
+GRACE_S = 10.0
+COMMANDS = ("train", "parity")
+# gloo's C++ threads print these notices concurrently, so pieces of two can share a line.
+_GLOO_NOTICE = re.compile(rb"^\[Gloo\] Rank|connected peer ranks is")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: must be 1 … 65535 (or leave it out to pick a free one)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(f"--port {port}: already in use on 127.0.0.1; choose another, or leave --port "
+                              "out to pick a free one") from None
+
+
+class _Relay(threading.Thread):
+    """Copies one child stream to ours, `[pK] ` at the start of every line (after \\n or \\r, so a
+    progress bar's redraws keep their prefix)."""
+
+    def __init__(self, k: int, source, sink, lock: threading.Lock):
+        super().__init__(daemon=True)
+        self.prefix = f"[p{k}] ".encode()
+        self.source, self.sink, self.lock = source, sink, lock
+
+    def run(self) -> None:
+        pending = b""
+        fd = self.source.fileno()
+        while chunk := os.read(fd, 65536):
+            pending += chunk
+            out = []
+            while (cut := min((i for i in (pending.find(b"\n"), pending.find(b"\r")) if i >= 0), default=-1)) >= 0:
+                line, pending = pending[:cut + 1], pending[cut + 1:]
+                if not _GLOO_NOTICE.search(line):
+                    out.append(self.prefix + line)
+            if out:
+                self._write(b"".join(out))
+        if pending and not _GLOO_NOTICE.search(pending):
+            self._write(self.prefix + pending + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:
+            self.sink.write(data)
+            self.sink.flush()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, ask for SIGKILL when the launcher dies (a killed
+    launcher must not leave processes training on their own). Elsewhere nothing is done."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _ended_on(code: int | None, signum: int | None) -> bool:
+    """Whether an exit code is a process ending on `signum`: killed by it, or exiting with
+    128 + it (dist/stopping.py's exit, SystemExit)."""
+    return signum is not None and code in (-signum, 128 + signum)
+
+
+def _start_service(port: int, processes: int):
+    """JAX's coordination service, in the launcher (module docstring). A private jaxlib entry
+    point: the public `jax.distributed.initialize` starts it only inside process 0."""
+    from jax._src.lib import _jax
+
+    from rainier_jax.dist.cluster import HEARTBEAT_S, SHUTDOWN_S
+    return _jax.get_distributed_runtime_service(f"[::]:{port}", processes, heartbeat_timeout=HEARTBEAT_S,
+                                                shutdown_timeout=SHUTDOWN_S)
+
+
+def run(processes: int, command: list[str], port: int) -> int:
+    """Start the processes, relay their output, end them all if one fails; the exit code."""
+    import tempfile
+
+    from rainier_jax.dist.cluster import SERVICE_ENV
+    from rainier_jax.dist.stopping import FAILURE_ENV
+
+    fd, note = tempfile.mkstemp(prefix="rainier-launch-", suffix=".failure")
+    os.close(fd)
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+               PYTHONUNBUFFERED="1", **{FAILURE_ENV: note, SERVICE_ENV: "1"})
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):   # the launcher decides the process count here
+        env.pop(var, None)
+    try:
+        return _run(processes, command, port, env, note)
+    finally:
+        for path in (note, note + ".tmp"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _run(processes: int, command: list[str], port: int, env: dict, note: str) -> int:
+    bar = sys.stderr.isatty() and not os.environ.get("CI")
+    children: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    relays = []
+    for k in range(processes):
+        child_env = dict(env, JAX_PROCESS_ID=str(k))
+        if k == 0 and bar:
+            from rainier_jax.train.metrics import BAR_ENV
+            child_env[BAR_ENV] = "1"
+        children.append(subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                         preexec_fn=_die_with_parent))
+    # The service and the relays start once every process is started (a preexec_fn must not run
+    # while threads do); the processes keep trying to reach the service for cluster.INIT_S.
+    try:
+        service = _start_service(port, processes) if processes > 1 else None   # one process never joins it
+    except Exception as e:  # noqa: BLE001 — the port was free a moment ago: one line, no traceback
+        for p in children:
+            p.kill()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"launch: cannot start JAX's coordination service on 127.0.0.1:{port} ({first}); "
+                          "try again, or give another --port") from None
+    for k, p in enumerate(children):
+        for source, sink in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
+            relay = _Relay(k, source, sink, lock)
+            relay.start()
+            relays.append(relay)
+    say = lambda text: _say(text, lock)  # noqa: E731
+    say(f"rainier launch: {processes} processes on 127.0.0.1:{port} "
+        f"(pids {', '.join(str(p.pid) for p in children)}): {' '.join(command)}")
+
+    forwarded = None   # the signal passed on to every process, if any
+
+    def forward(signum, frame):
+        nonlocal forwarded
+        forwarded = signum
+        for p in children:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def describe(j: int, code: int) -> str:
+        if _ended_on(code, forwarded):
+            return f"ended on the {signal.Signals(forwarded).name} passed on to it"
+        if j in killed and code == -signal.SIGKILL:
+            return f"was killed by the launcher's SIGKILL ({GRACE_S:g} s after its SIGTERM)"
+        if j in terminated and _ended_on(code, signal.SIGTERM):
+            return "ended on the launcher's SIGTERM"
+        return _describe(code)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    first_failure = None
+    ending_since = None   # when the others were sent SIGTERM, after the first process ended non-zero
+    terminated, killed = set(), set()   # the processes the launcher sent SIGTERM, SIGKILL
+    try:
+        while any(p.poll() is None for p in children):
+            for k, p in enumerate(children):
+                code = p.poll()
+                if ending_since is not None or code in (None, 0):
+                    continue
+                # A process that ends on a signal passed on to it did as asked: not a failure. Either
+                # way the others cannot go on without it (they may wait for it in a collective).
+                if not _ended_on(code, forwarded):
+                    first_failure = (k, code)
+                    say(f"rainier launch: process {k} (pid {p.pid}) {_describe(code)}; ending the other processes")
+                # Before the SIGTERM: dist/stopping.py reads it in each process, to end at once.
+                with open(note + ".tmp", "w", encoding="utf-8") as f:
+                    f.write(f"process {k} {describe(k, code)}")
+                os.replace(note + ".tmp", note)
+                for j, q in enumerate(children):
+                    if q.poll() is None:
+                        terminated.add(j)
+                        q.send_signal(signal.SIGTERM)
+                ending_since = time.monotonic()
+            if ending_since is not None and not killed and time.monotonic() > ending_since + GRACE_S:
+                for j, q in enumerate(children):
+                    if q.poll() is None:
+                        killed.add(j)
+                        q.kill()
+            time.sleep(0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if service is not None:
+            service.shutdown()
+    for relay in relays:
+        relay.join(timeout=5)
+    codes = [p.returncode for p in children]
+    if first_failure is None:
+        # The last process to end is not looked at inside the loop.
+        asked = lambda j, c: _ended_on(c, forwarded) or (j in terminated and _ended_on(c, signal.SIGTERM))  # noqa: E731
+        failed = [(j, c) for j, c in enumerate(codes) if c != 0 and not asked(j, c)]
+        if not failed:
+            ended = [(j, c) for j, c in enumerate(codes) if c != 0]
+            if not ended:
+                return 0
+            # Every process ended as it was asked (e.g. SIGTERM to a run without checkpoints).
+            say("rainier launch: " + "; ".join(f"process {j} {describe(j, c)}" for j, c in ended))
+            code = ended[0][1]
+            return 128 - code if code < 0 else code
+        first_failure = failed[0]
+    k, code = first_failure
+    others = ", ".join(f"process {j} {describe(j, c)}" for j, c in enumerate(codes) if j != k)
+    say(f"rainier launch: process {k} failed first ({_describe(code)})" + (f"; {others}" if others else ""))
+    return 128 - code if code < 0 else code
+
+
+def _say(text: str, lock: threading.Lock) -> None:
+    with lock:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def cmd_launch(args) -> int:
+    """Validate the launch and the command it wraps (one line, exit 2, nothing started), then run."""
+    from pathlib import Path
+
+    from rainier_jax.dist import cluster as cluster_lib
+    from rainier_jax.cli.common import DEFAULT_MESH
+    from rainier_jax.hardware.topology import load_topology
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("launch: give the command to run after --, e.g. rainier launch --processes 2 -- train")
+    if command[0] not in COMMANDS:
+        raise ConfigError(f"launch: cannot launch '{command[0]}' (choose {' or '.join(COMMANDS)})")
+    if args.processes < 1:
+        raise ConfigError(f"--processes {args.processes}: must be at least 1")
+    from rainier_jax.cli.main import build_parser
+    inner = build_parser().parse_args(command)   # the command's own bad input, before any process starts
+    mesh, lnc = inner.mesh, inner.lnc
+    if command[0] == "train" and inner.resume and mesh is None and inner.checkpoint_dir:
+        from rainier_jax.train.checkpoint import record
+        meta = record.newest_intact(Path(inner.checkpoint_dir)).meta
+        mesh, lnc = meta["mesh"], lnc or meta.get("lnc")
+    topo = load_topology(mesh or DEFAULT_MESH, lnc=lnc)
+    cluster_lib.check_topology(cluster_lib.Cluster(None, args.processes, 0, "--processes"), topo,
+                               flag=f"--processes {args.processes}")
+    if args.port is not None:
+        check_port(args.port)
+    port = args.port or free_port()
+    # A dry run of the command as process 0 sees it: bad input is reported once, not N times.
+    from rainier_jax.cli.common import CHECK_ONLY_ENV
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(args.processes),
+               JAX_PROCESS_ID="0", **{CHECK_ONLY_ENV: "1"})
+    dry = subprocess.run([sys.executable, "-m", "rainier_jax.cli", *command], env=env, capture_output=True, text=True)
+    if dry.returncode != 0:
+        sys.stderr.write(dry.stderr)
+        return dry.returncode
+    return run(args.processes, command, port)

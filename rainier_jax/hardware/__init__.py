@@ -1,0 +1,1 @@
+"""Hardware as data: a mesh file becomes a Topology of ranks, coordinates and links."""

@@ -1,0 +1,1 @@
+"""The parity harness: does a layout compute what one device computes, and its report."""

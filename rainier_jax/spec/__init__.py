@@ -1,0 +1,1 @@
+"""What a run is made of, without JAX: model sizes, run settings, precision policies."""

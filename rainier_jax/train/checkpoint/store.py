@@ -1,0 +1,220 @@
+"""Asynchronous orbax checkpoints of the train state, sealed with a content manifest.
+
+A checkpoint is a plain orbax `CheckpointManager` step directory with two items:
+`state` (StandardSave: params, opt_state, step, precision — global arrays, layout-free) and `meta`
+(JsonSave: the run record of `train/checkpoint/record.py`). Saving is asynchronous: `save` returns once the arrays
+are copied off the devices, and orbax writes them in a background thread while training goes on.
+Before orbax renames the temporary directory into place, its post-finalization callback (still in
+the background thread) hashes every file into `MANIFEST.sha256`, so the manifest is part of the
+atomic commit: a committed checkpoint always carries the hashes of what was written.
+
+Rainier, not orbax, decides what in the directory is a step and what may be deleted: orbax lists
+only rainier's own step folders (`_RainierSteps`), its `max_to_keep` is off, and `--keep` deletes
+only checkpoints `resume.is_own` recognises (docs/CHECKPOINTS.md, "What rainier-jax writes and
+deletes").
+
+Restoring takes the target program's shardings (`Program.abstract_state`): orbax reads each
+array straight into the new layout, so a checkpoint written under one mesh or layout continues
+under another (docs/CHECKPOINTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from rainier_jax.train.checkpoint import manifest
+from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.config.typed import ConfigError
+from rainier_jax.train.checkpoint.record import STATE_ITEM
+from rainier_jax.train.loop import TrainState
+
+# orbax's marker of an uncommitted save: `<step>.orbax-checkpoint-tmp…` until the rename commits it.
+TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
+
+# Fault injection for the crash and signal tests: "STEP:SECONDS" holds the save of that step in
+# flight (its temporary directory on disk, not committed) for that long. Never set in normal use.
+SEAL_DELAY_ENV = "RAINIER_TEST_SEAL_DELAY"
+
+
+def _seal_delay(step: int) -> float:
+    at, _, seconds = os.environ.get(SEAL_DELAY_ENV, "").partition(":")
+    return float(seconds) if at.strip() == str(step) else 0.0
+
+# orbax logs every save and restore at INFO/WARNING through absl; a training run shows its own
+# one-line summary instead.
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _as_dict(state: TrainState) -> dict:
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
+
+
+class _RainierSteps(ocp.path.step.NameFormat):
+    """orbax's standard step names, but only rainier's folders count as steps. orbax lists the
+    steps at start-up and would otherwise take any folder named like one for a checkpoint: skip
+    every save up to its number (its "latest step"), and delete it to keep `max_to_keep`."""
+
+    def __init__(self):
+        self._standard = ocp.path.step.standard_name_format()
+
+    def build_name(self, step: int) -> str:
+        return self._standard.build_name(step)
+
+    def find_all(self, base_path):
+        return (m for m in self._standard.find_all(base_path) if resume.foreign(Path(m.path)) is None)
+
+    def find_step(self, base_path, step: int):
+        found = self._standard.find_step(base_path, step)
+        if resume.foreign(Path(found.path)) is not None:
+            raise ValueError(f"{found.path} is not a rainier-jax checkpoint")
+        return found
+
+
+class Checkpointer:
+    """One run's checkpoint directory. `async_save=False` is the synchronous baseline for the
+    benchmark: orbax writes inside `save`, and the manifest is written after the commit.
+
+    Errors of a background save (a full disk: OSError or orbax's RuntimeError) are raised by the
+    next `save` or by `close`, as orbax raises them; `discard_uncommitted` then gives the space of
+    the failed save back."""
+
+    def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
+        self.directory = Path(directory)
+        self.keep = keep
+        self.async_save = async_save
+        # Of several processes, only the first deletes (--keep, discard_uncommitted), as orbax's
+        # own directory operations do: the others would race it for the same folders.
+        self._primary = jax.process_index() == 0
+        self._sealing: int | None = None
+        self.blocked_seconds: list[float] = []   # per save: how long the loop waited
+        self.seal_seconds: list[float] = []      # per save: manifest hashing (background if async)
+        self.saved: list[int] = []               # steps whose save was started (orbax accepted it)
+        self._started: list[int] = []            # steps handed to orbax (its temporary may exist)
+        options = ocp.CheckpointManagerOptions(
+            # --keep is rainier's own (`_prune`): orbax's would delete whatever it lists as a step.
+            max_to_keep=None, enable_async_checkpointing=async_save,
+            step_name_format=_RainierSteps(),
+            # A save cut off by a crash leaves `<step>.orbax-checkpoint-tmp`; it was never
+            # committed, so it holds nothing to keep.
+            cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal) if async_save else None)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Replica-parallel saving splits each replicated array among its replicas so that several
+        # hosts share the writing. In one process it only adds an on-device slice per replica and
+        # array — compiled on the first save (2.3 s for the tiny model on 8 ranks) and dispatched
+        # on every save — for writes the same process does anyway.
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
+            override=True)
+
+    def _pending_dir(self, step: int) -> Path:
+        found = sorted(self.directory.glob(f"{step}{TMP_SUFFIX}*"))
+        if len(found) != 1:  # orbax changed its commit protocol: fail the save loudly
+            raise RuntimeError(f"checkpoint {step}: expected one orbax temporary directory, found {found}")
+        return found[0]
+
+    def _seal(self) -> None:
+        """orbax's post-finalization callback: runs after the items are written, before the rename."""
+        step = self._sealing
+        time.sleep(_seal_delay(step))
+        t0 = time.perf_counter()
+        manifest.write(self._pending_dir(step))
+        self.seal_seconds.append(time.perf_counter() - t0)
+
+    def _prune(self) -> None:
+        """--keep: delete all but the newest `keep` of rainier's own committed checkpoints. Only
+        called once every save started so far has committed, so the newest are always complete.
+        A folder `resume.is_own` does not recognise is never touched, whatever its name."""
+        if not self._primary:
+            return
+        try:
+            own = sorted(int(n) for n in os.listdir(self.directory)
+                         if resume.is_step_name(n) and resume.is_own(self.directory / n))
+        except OSError:
+            return   # nothing listed, nothing deleted; the next save or close tries again
+        for step in own[:-self.keep]:
+            path = self.directory / str(step)
+            # Renamed first into orbax's temporary namespace, so a crash halfway through the
+            # deletion leaves no half checkpoint under a step name (orbax removes it on start).
+            doomed = path.with_name(f"{step}{TMP_SUFFIX}.deleting")
+            try:
+                os.replace(path, doomed)
+                shutil.rmtree(doomed)
+            except OSError as e:   # a checkpoint too many costs disk, not the run
+                print(f"rainier: --keep {self.keep}: could not delete {path} ({e.strerror}); left in place",
+                      file=sys.stderr)
+
+    def save(self, step: int, state: TrainState, record: dict) -> None:
+        """Start saving `state` (completed step `step`); returns when the loop may continue."""
+        jax.block_until_ready(state)   # the step itself is not charged to the save
+        t0 = time.perf_counter()
+        # orbax waits for the previous save before starting this one; waiting here first keeps
+        # `_sealing` from changing under the previous save's callback — and raises its error.
+        self._manager.wait_until_finished()
+        self._prune()
+        target = self.directory / str(step)
+        if os.path.lexists(target):
+            # orbax would delete it to make room (it saves with force=True). Nothing rainier wrote
+            # can be there: newer checkpoints were moved aside before the run started.
+            raise ConfigError(f"--checkpoint-dir {self.directory}: {target} appeared during the run; rainier-jax "
+                              f"does not overwrite it — move it out of {self.directory}, then --resume")
+        self._sealing = step
+        self._started.append(step)   # before orbax creates the temporary directory: discard_uncommitted finds it
+        started = self._manager.save(step, args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardSave(_as_dict(state)), "meta": ocp.args.JsonSave(record)}))
+        if not started:   # orbax skips a step at or below one it lists; none should be listed
+            raise RuntimeError(f"checkpoint {step}: orbax declined to save it (steps it lists: "
+                               f"{self._manager.all_steps()})")
+        if not self.async_save:
+            self._manager.wait_until_finished()
+            t1 = time.perf_counter()
+            manifest.write(target)
+            self.seal_seconds.append(time.perf_counter() - t1)
+            self.blocked_seconds.append(t1 - t0)   # orbax's own save; the hashing is reported apart
+            self._prune()
+        else:
+            self.blocked_seconds.append(time.perf_counter() - t0)
+        self.saved.append(step)
+
+    def discard_uncommitted(self) -> list[Path]:
+        """Remove the temporary directory of every save this Checkpointer started that never
+        committed (after a failed save, e.g. on a full disk, to give its space back). Committed
+        checkpoints are never touched: orbax's rename moved them out of the temporary names.
+        Waits for a save still in flight first (its error, if not raised yet, is raised after the
+        removal). Returns the directories removed (none on processes other than the first)."""
+        removed = []
+        try:
+            self._manager.wait_until_finished()
+        finally:
+            for step in dict.fromkeys(self._started) if self._primary else ():
+                for tmp in self.directory.glob(f"{step}{TMP_SUFFIX}*"):
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        removed.append(tmp)
+        return removed
+
+    def close(self) -> None:
+        """Wait until every save started so far is committed, apply --keep, release the manager.
+        A failed save raises here (the manager is released all the same)."""
+        try:
+            self._manager.wait_until_finished()
+            self._prune()
+        finally:
+            self._manager.close()
+
+
+def restore(step_dir: Path, abstract_state: TrainState) -> TrainState:
+    """Read the `state` item of one checkpoint into the shardings of `abstract_state` (a tree of
+    `jax.ShapeDtypeStruct` with shardings, from the program that will continue the run)."""
+    target = _as_dict(abstract_state)
+    restored = ocp.StandardCheckpointer().restore(Path(step_dir).resolve() / STATE_ITEM, target)
+    return TrainState(**restored)
