@@ -5,7 +5,7 @@ saving), `async` and `sync` (`Checkpointer(async_save=...)`) train it from scrat
 interleaved, so machine noise hits all modes alike. Per save the loop's waiting time is
 `Checkpointer.blocked_seconds` (sync: orbax's whole save; the manifest hashing is reported apart as
 `seal_seconds`). A run's first save is reported apart, since it can carry one-time costs. Tokens/s
-is the whole `train` call, final wait included. Target (issue #6): async blocks the loop < 10 % of
+is the whole `train` call, final wait included. Target: async blocks the loop < 10 % of
 sync. A benchmark, not a test: a miss never fails the exit code.
 
     PYTHONPATH=. python scripts/bench_checkpoint.py [--models tiny,bench-34m] [--steps 20] [--reps 3] [--record]
@@ -118,10 +118,11 @@ def main() -> int:
     jax.config.update("jax_num_cpu_devices", 8)
     from rainier_jax.train.checkpoint import record as resume
     from rainier_jax.train.data import load_corpus
-    from rainier_jax.parallel.layout import parse_layout, place
+    from rainier_jax.parallel.layout import parse_layout
     from rainier_jax.spec.run import RunConfig
     from rainier_jax.hardware.topology import load_topology
-    from rainier_jax.train.loop import build_program, mesh_on_ranks, train
+    from rainier_jax.parallel.experiment import resolve
+    from rainier_jax.train.loop import build_program, train
 
     topo = load_topology(MESH)
     run = RunConfig(steps=args.steps, batch=args.batch, seq=args.seq, eval_every=0)
@@ -129,7 +130,7 @@ def main() -> int:
     for name in names:
         model, text = MODELS[name][0](), MODELS[name][1]
         layout = parse_layout(text, topo.num_ranks)
-        program = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), run)
+        program = build_program(resolve(topo, model, layout, run))
         corpus = load_corpus(None, model.vocab_size, args.seq)
         record = resume.run_record(mesh=MESH, lnc=topo.lnc, layout=text, model=dataclasses.asdict(model),
                                    run=dataclasses.asdict(run), data_arg=None, corpus_source=corpus.source,

@@ -56,7 +56,7 @@ def _toml(table: dict, prefix: str = "") -> str:
 
 def one_rank_mesh(mesh: str, tmp: Path) -> Path:
     """`mesh`'s chip and link figures with a single rank: 1 instance, a 1×1 torus, 1 rank per chip."""
-    data = tomllib.loads(resolve_named_file(mesh, "meshes", "--mesh").read_text())
+    data = tomllib.loads(resolve_named_file(mesh, "meshes", "mesh").read_text())
     data |= {"name": f"{data['name']}-1rank", "description": f"{data['name']} figures, 1 rank (benchmark)",
              "instances": 1, "torus": [1, 1], "ranks_per_chip": {str(data["default_lnc"]): 1}}
     path = tmp / "one-rank.toml"

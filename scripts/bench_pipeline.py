@@ -22,19 +22,20 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")  # before JAX starts (a script
 import jax  # noqa: E402
 
 from rainier_jax.train import data  # noqa: E402
-from rainier_jax.parallel.layout import ParallelLayout, place  # noqa: E402
+from rainier_jax.parallel.layout import ParallelLayout  # noqa: E402
 from rainier_jax.spec.model import load_model  # noqa: E402
 from rainier_jax.spec.run import RunConfig  # noqa: E402
 from rainier_jax.parallel.schedules import build_schedule, pack  # noqa: E402
 from rainier_jax.hardware.topology import load_topology  # noqa: E402
-from rainier_jax.train.loop import build_program, mesh_on_ranks, train  # noqa: E402
+from rainier_jax.parallel.experiment import resolve
+from rainier_jax.train.loop import build_program, train  # noqa: E402
 
 TOPO, MODEL = load_topology("trn2-mini-8"), load_model("tiny")
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)]
 
 
 def program(layout, run):
-    return build_program(MODEL, layout, mesh_on_ranks(layout, place(layout, TOPO)), run)
+    return build_program(resolve(TOPO, MODEL, layout, run))
 
 
 def executed_over_useful(kind, P, M, V):

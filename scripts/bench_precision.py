@@ -2,8 +2,8 @@
 
 Every run is `rainier train --precision P` in its own subprocess, presets interleaved round-robin
 `--repeats` times so machine noise spreads evenly; per run the median tokens/s after warm-up, and
-the table shows the median over runs and the ratio to fp32 measured in the same session. Target
-(issue #5): bf16-mixed ≥ 1.3× fp32. A benchmark, not a test: a miss never fails the exit code.
+the table shows the median over runs and the ratio to fp32 measured in the same session. Target:
+bf16-mixed ≥ 1.3× fp32. A benchmark, not a test: a miss never fails the exit code.
 
     PYTHONPATH=. python scripts/bench_precision.py [--layout dp=8] [--steps 20] [--repeats 3] [--write]
 """

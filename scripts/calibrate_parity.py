@@ -16,12 +16,13 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")  # before JAX starts: a script
 import numpy as np  # noqa: E402
 
 from rainier_jax.train import data  # noqa: E402
-from rainier_jax.parallel.layout import ParallelLayout, parse_layout, place  # noqa: E402
+from rainier_jax.parallel.layout import parse_layout  # noqa: E402
 from rainier_jax.spec.model import load_model  # noqa: E402
 from rainier_jax.parity.harness import Bound, run_parity  # noqa: E402
 from rainier_jax.spec.run import RunConfig  # noqa: E402
 from rainier_jax.hardware.topology import load_topology  # noqa: E402
-from rainier_jax.train.loop import build_program, mesh_on_ranks  # noqa: E402
+from rainier_jax.parallel.experiment import resolve, single_device
+from rainier_jax.train.loop import build_program  # noqa: E402
 
 LAYOUTS = ["dp=8", "fsdp=8", "tp=8", "dp=2,fsdp=2,tp=2", "dp=2,tp=4", "fsdp=2,tp=4", "dp=4,fsdp=2"]
 SHAPES = [(16, 64), (32, 128)]
@@ -39,10 +40,10 @@ def main():
     loss_worst = 0.0
     for batch, seq in SHAPES:
         run = RunConfig(steps=args.steps, batch=batch, seq=seq, eval_every=0)
-        ref = build_program(model, ParallelLayout(), mesh_on_ranks(ParallelLayout(), None), run)
+        ref = build_program(single_device(model, run))
         for text in LAYOUTS:
             layout = parse_layout(text, topo.num_ranks)
-            cand = build_program(model, layout, mesh_on_ranks(layout, place(layout, topo)), run)
+            cand = build_program(resolve(topo, model, layout, run))
             r = run_parity(ref, cand, corpus, bound=Bound("derived", eps), reference_name="single",
                            candidate_name=text)
             for t in r.tensors:

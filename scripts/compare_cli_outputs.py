@@ -15,11 +15,15 @@ fresh temporary working directory, so relative outputs (run.jsonl, parity/, t.js
 The entry point is read from DIR/pyproject.toml `[project.scripts] rainier`, as the installed
 `rainier` script would, so it follows the function if a restructure moves it. Per command, OUTDIR
 gets NAME.out, NAME.err (masked stdout/stderr), NAME.rc (exit code) and NAME.files (the files the
-command left in its working directory). Capture takes about 3 minutes on 2 cores.
+command left in its working directory: JSON/JSONL text, masked, others by size and sha256).
+Capture takes about 3–4 minutes on 2 idle cores (train ~55 s, parity ~35 s, launch ~75 s, plan ~20 s).
 
-Masked (found by capturing the same code twice and diffing): wall-clock times and rates — tok/s,
-tokens/s, eta, compile/compiled-in/total seconds — and the per-run working directory (`<cwd>`).
-Losses, gradient norms, parity errors, byte counts and estimates are deterministic and not masked.
+Masked — what differed between two captures of the same code, and nothing else: wall-clock times
+and rates (tok/s, "median N tokens/s", "eta N s", "compiled in / compile / total / swept in X s",
+run.jsonl's tokens_per_s), the per-run working directory (`<cwd>`), and for launch the
+coordinator's free port, the process ids and the order in which the processes' lines interleave
+(lines are grouped by their [pK] prefix). Losses, gradient norms, parity errors, byte counts,
+estimates and the report/trace/PNG files are deterministic and compared exactly.
 """
 
 import argparse
@@ -117,12 +121,25 @@ def runner(code: Path) -> str:
             f"sys.argv = ['rainier', *sys.argv[1:]]; sys.exit(f())")
 
 
+PROCESS = re.compile(r"\[p(\d+)\] ")
+
+
+def by_process(text: str) -> str:
+    """launch interleaves its processes' lines as they arrive, in an order that varies from run to
+    run: group them by their `[pK] ` prefix (stable, so each process's own order is kept; the
+    launcher's unprefixed lines go first)."""
+    def key(line: str) -> int:
+        m = PROCESS.match(line)
+        return int(m.group(1)) if m else -1
+    return "".join(sorted(text.splitlines(keepends=True), key=key))
+
+
 def mask(text: str, cwd: str) -> str:
     for path in sorted({cwd, os.path.realpath(cwd)}, key=len, reverse=True):
         text = text.replace(path, "<cwd>")
     for pattern, repl in MASKS:
         text = pattern.sub(repl, text)
-    return text
+    return by_process(text) if PROCESS.match(text) else text
 
 
 def describe(path: Path, cwd: str) -> str:
@@ -170,20 +187,25 @@ def capture(outdir: Path, code: Path) -> int:
 
 
 def diff(a: Path, b: Path) -> int:
-    names = sorted({p.name for d in (a, b) for p in d.iterdir() if p.is_file()})
-    differing = 0
-    for name in names:
-        fa, fb = a / name, b / name
-        ta = fa.read_text().splitlines(keepends=True) if fa.exists() else []
-        tb = fb.read_text().splitlines(keepends=True) if fb.exists() else []
-        if ta == tb and fa.exists() == fb.exists():
-            continue
-        differing += 1
-        sys.stdout.writelines(difflib.unified_diff(ta, tb, str(fa), str(fb)))
-        if ta and not ta[-1].endswith("\n") or tb and not tb[-1].endswith("\n"):
-            print()
-    commands = {n.rsplit(".", 1)[0] for n in names}
-    print(f"{differing} of {len(names)} files differ ({len(commands)} commands)")
+    """Print a unified diff for each command whose capture differs; 1 if any does."""
+    files = sorted({p.name for d in (a, b) for p in d.iterdir() if p.is_file()})
+    commands = sorted({f.rsplit(".", 1)[0] for f in files})
+    differing = []
+    for command in commands:
+        lines = []
+        for f in (f for f in files if f.rsplit(".", 1)[0] == command):
+            missing = [str(d / f) for d in (a, b) if not (d / f).exists()]
+            if missing:
+                lines.append(f"missing: {missing[0]}")
+                continue
+            ta, tb = ((d / f).read_text() for d in (a, b))
+            if ta != tb:
+                lines += difflib.unified_diff(ta.splitlines(), tb.splitlines(), str(a / f), str(b / f),
+                                              lineterm="")
+        if lines:
+            differing.append(command)
+            print(f"### {command}", *lines, "", sep="\n")
+    print(f"{len(differing)} of {len(commands)} commands differ" + (f": {' '.join(differing)}" if differing else ""))
     return 1 if differing else 0
 
 

@@ -57,6 +57,8 @@ def profile_one(layout_text: str) -> dict:
     jax.config.update("jax_num_cpu_devices", topo.num_ranks)
 
     from rainier_jax.perf import compiled
+    from rainier_jax.perf.collectives import bytes_by
+    from rainier_jax.parallel.experiment import resolve
     from rainier_jax.parallel.layout import parse_layout
     from rainier_jax.spec.model import load_model
     from rainier_jax.spec.run import RunConfig
@@ -67,14 +69,13 @@ def profile_one(layout_text: str) -> dict:
     run = RunConfig(steps=1, eval_every=0, microbatches=microbatches, schedule=schedule, **SETTINGS)
     compiled.check_compilable(model, topo, layout)
     t0 = time.perf_counter()
-    p = compiled.profile_step(model, topo, layout, run)
+    p = compiled.profile_step(resolve(topo, model, layout, run))
     wall = time.perf_counter() - t0
-    by_axes: dict[str, int] = {}
     by_kind: dict[str, int] = {}
-    for c in p.collectives:
-        axes = _axes_label(c)
-        by_axes[axes] = by_axes.get(axes, 0) + c.runs * c.nbytes
-        by_kind[f"{c.kind} {axes}"] = by_kind.get(f"{c.kind} {axes}", 0) + c.runs * c.nbytes
+    by_axes: dict[str, int] = {}
+    for (kind, axes), nbytes in bytes_by(p.collectives, axes=_axes_label).items():
+        by_kind[f"{kind} {axes}"] = nbytes
+        by_axes[axes] = by_axes.get(axes, 0) + nbytes
     return {
         "layout": layout_text, "microbatches": microbatches, "schedule": schedule,
         "compile_seconds": p.compile_seconds, "profile_seconds": wall,

@@ -3,7 +3,7 @@
 Does plain bf16 (bf16 weights and Adam state, round-to-nearest-even) stall when the updates are
 smaller than half a bf16 ulp of the weights, and does stochastic rounding (bf16-sr) track fp32?
 Every preset trains the same model from the same initial weights on the same batches, on one
-emulated device, through `train.train` (the loop `rainier train` runs). Besides the losses, the
+emulated device, through `train.loop.train` (the loop `rainier train` runs). Besides the losses, the
 script records per step the fraction of weight elements the update left bit-identical.
 
     PYTHONPATH=. python scripts/precision_experiment.py --steps 300 --lr 1e-4 3e-5 \\
@@ -68,14 +68,13 @@ def run_one(model, corpus, *, preset: str, lr: float, args) -> dict:
     import jax
     import numpy as np
 
-    from rainier_jax.parallel.layout import ParallelLayout
     from rainier_jax.spec.run import RunConfig
-    from rainier_jax.train.loop import build_program, mesh_on_ranks, train
+    from rainier_jax.parallel.experiment import single_device
+    from rainier_jax.train.loop import build_program, train
 
     run = RunConfig(steps=args.steps, batch=args.batch, seq=args.seq, lr=lr, warmup_steps=args.warmup_steps,
                     eval_every=0, precision=preset, seed=args.seed)
-    layout = ParallelLayout()
-    prog = build_program(model, layout, mesh_on_ranks(layout, None), run)
+    prog = build_program(single_device(model, run))
 
     # Unchanged elements: the weights entering step t are the result of update t-1, so a host copy
     # taken as each step is called, compared with the previous one, counts what update t-1 left

@@ -1,4 +1,5 @@
-"""Run the `rainier` command in a subprocess, as a user would (the CLI sizes its own mesh)."""
+"""Run the `rainier` command in a subprocess, as a user would (the CLI sizes its own mesh) — or,
+with `faults`, through tests/fault_entry.py, which installs a fault-injection hook first."""
 
 import os
 import subprocess
@@ -10,6 +11,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 CACHE = Path(os.environ.get("RAINIER_TEST_CACHE", ROOT / ".cache" / "jax"))
+FAULT_ENTRY = ROOT / "tests" / "fault_entry.py"
+
+
+def command(args, faults=()) -> list[str]:
+    """The command line of `rainier ARGS`; with `faults` (fault_entry.py's options, e.g.
+    ("--seal-delay", "4:3")) the same command with those hooks installed."""
+    if faults:
+        return [sys.executable, str(FAULT_ENTRY), *faults, *args]
+    return [sys.executable, "-m", "rainier_jax.cli", *args]
 
 
 def cli_env(args, extra: dict | None = None) -> dict:
@@ -25,18 +35,19 @@ def cli_env(args, extra: dict | None = None) -> dict:
 
 
 def rainier(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=cli_env(args),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(args), cwd=ROOT, env=cli_env(args), capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def start(*args: str, env_extra: dict | None = None, cache: bool = True) -> subprocess.Popen:
+def start(*args: str, cache: bool = True, faults=()) -> subprocess.Popen:
     """`rainier ARGS` in the background (for signals sent mid-run); `cache=False` leaves the
-    compile cache out, so the compile lasts long enough to be interrupted in."""
-    env = cli_env(args, env_extra)
+    compile cache out, so the compile lasts long enough to be interrupted in; `faults` as for
+    `command`."""
+    env = cli_env(args)
     if not cache:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
-    return subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen(command(args, faults), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,6 +1,6 @@
 """Test-session setup: 8 emulated CPU devices and a persistent compile cache, set before JAX starts.
 
-This file, the CLI (cli_common.start_jax) and perf/compiled.py (which bypasses the compile cache around
+This file, the CLI (cli.common.start_jax) and perf/compiled.py (which bypasses the compile cache around
 its HLO dump) are the only places that touch `jax.config`.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rainier_jax.cli.common import set_xla_flags
 
-set_xla_flags()   # as the CLI does: layouts round alike (cli_common.XLA_FLAGS)
+set_xla_flags()   # as the CLI does: layouts round alike (cli.common.XLA_FLAGS)
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")

@@ -7,6 +7,7 @@ deterministic), within the parity harness's free-running bound on another layout
 
 import dataclasses
 import functools
+import json
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from rainier_jax.train.checkpoint import store
 from rainier_jax.train import data as data_lib
 from rainier_jax.train.checkpoint import manifest
 from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.parallel.experiment import resolve
 from rainier_jax.parity.harness import FREE_LOSS_RTOL
 from rainier_jax.train.loop import train
 
@@ -38,8 +40,8 @@ def program(layout: str, **run):
     return program_for(layout, run=run_for(**run))
 
 
-RECORD = resume.run_record(mesh=MINI8.name, lnc=MINI8.lnc, layout="test", model=dataclasses.asdict(TINY),
-                           run=dataclasses.asdict(RUN), data_arg=None, corpus_source="test", corpus_sha256="0")
+RECORD = resume.run_record(resolve(MINI8, TINY, "dp=8", RUN), mesh=MINI8.name, data_arg=None,
+                           corpus_source="test", corpus_sha256="0")
 
 
 def train_saving(prog, directory):
@@ -152,8 +154,10 @@ def test_checkpoint_is_sealed_and_complete(tmp_path):
     assert resume.steps_on_disk(tmp_path) == [N, 2 * N]
     found = resume.newest_intact(tmp_path)
     assert found.step == 2 * N and not found.rejected
-    assert found.meta["step"] == 2 * N and found.meta["data_position"] == {"next_batch": 2 * N}
-    assert found.meta["rng"]["seed"] == RUN.seed and found.meta["rng"]["counter"] == 2 * N
-    assert set(found.meta) >= {"model", "run", "mesh", "lnc", "parallel", "data", "saved_at"}
+    assert found.record.step == 2 * N and found.record.data_position == {"next_batch": 2 * N}
+    assert found.record.rng["seed"] == RUN.seed and found.record.rng["counter"] == 2 * N
+    saved = json.loads((found.path / "meta" / "metadata").read_text())
+    assert set(saved) >= {"experiment", "data", "checkpoint", "saved_at"}
+    assert set(saved["experiment"]) >= {"model", "run", "mesh", "lnc", "layout"}
     state = store.restore(found.path, prog.abstract_state)
     assert int(state.step) == 2 * N

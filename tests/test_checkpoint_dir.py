@@ -1,15 +1,16 @@
-"""The checkpoint directory (issue #14): rainier reads, moves and deletes only what it wrote.
+"""The checkpoint directory: rainier reads, moves and deletes only what it wrote.
 
 Foreign step-named folders survive --keep and are refused up front; a malformed run record or an
 unreadable file is damage (fall back, or one line); a record of another format version is refused
 and left in place; the manifest admits no unlisted file and no entry leading out of the step
-directory; a failed save's temporary directory can be discarded and its error is not swallowed.
+directory; a failed save's temporary directory can be discarded and its error is not swallowed;
+a checkpoint `keep` cannot delete is one warning naming the setting; the tests' hook holds a save
+in flight; and a Checkpointer changes nothing outside itself (orbax's registry, logging levels).
 
 Two real checkpoints (steps 1 and 2, of a tiny stand-in state) are written once per module; each
 test copies them and damages the copy by hand. The CLI cases exit before JAX starts.
 """
 
-import dataclasses
 import errno
 import json
 import os
@@ -25,22 +26,25 @@ from rainier_jax.train.checkpoint import store
 from rainier_jax.train import data as data_lib
 from rainier_jax.train.checkpoint import manifest
 from rainier_jax.train.checkpoint import record as resume
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
+from rainier_jax.hardware.topology import load_topology
+from rainier_jax.parallel.experiment import resolve
 from rainier_jax.spec.model import load_model
 from rainier_jax.spec.run import RunConfig
 from rainier_jax.train.loop import TrainState
 
 TINY = load_model("tiny")
 TMP = ".orbax-checkpoint-tmp"   # orbax's name for a save not committed yet
+NEWER = resume.FORMAT_VERSION + 1   # a record format version this rainier-jax does not read
 RUN = RunConfig(steps=2, batch=16, seq=64, eval_every=0)
 
 
 def record() -> dict:
     """A record the CLI accepts: with --resume from step 2 it has nothing to do and exits 0."""
     corpus = data_lib.load_corpus(None, TINY.vocab_size, RUN.seq)
-    return resume.run_record(mesh="trn2-mini-8", lnc=2, layout="pp=1,dp=8,fsdp=1,tp=1",
-                             model=dataclasses.asdict(TINY), run=dataclasses.asdict(RUN), data_arg=None,
-                             corpus_source=corpus.source, corpus_sha256=corpus.sha256, checkpoint_every=1)
+    experiment = resolve(load_topology("trn2-mini-8"), TINY, "dp=8", RUN)
+    return resume.run_record(experiment, mesh="trn2-mini-8", data_arg=None, corpus_source=corpus.source,
+                             corpus_sha256=corpus.sha256, checkpoint_every=1)
 
 
 def state(step: int) -> TrainState:
@@ -98,7 +102,7 @@ def test_keep_cleanup_deletes_only_rainiers_own_checkpoints(made, tmp_path, rec)
     (d / "3").mkdir(parents=True)
     (d / "3" / "notes.txt").write_text("mine")        # a user's folder with a step-like name
     shutil.copytree(made / "1", d / "1")               # rainier's, but of a record version it does not read
-    edit_record(d / "1", lambda r: {**r, "format_version": 2})
+    edit_record(d / "1", lambda r: {**r, "format_version": NEWER})
     saver = store.Checkpointer(d, keep=1)
     assert 3 not in saver._manager.all_steps()         # orbax does not take it for a step
     for step in (4, 5, 6):
@@ -162,13 +166,19 @@ def test_foreign_folder_is_refused_up_front_by_the_cli(ckpt, resuming):
 
 # --- 2. malformed records and unreadable files are damage --------------------------------------
 
+def _experiment(r, **changes):
+    """The record with its `experiment` table changed (a value None drops the key)."""
+    table = {**r["experiment"], **changes}
+    return {**r, "experiment": {k: v for k, v in table.items() if v is not None}}
+
+
 MALFORMED = {
-    "missing-run": lambda r: {k: v for k, v in r.items() if k != "run"},
+    "missing-run": lambda r: _experiment(r, run=None),
     "missing-data-sha256": lambda r: {**r, "data": {k: v for k, v in r["data"].items() if k != "sha256"}},
     "step-not-int": lambda r: {**r, "step": "2"},
-    "lr-not-number": lambda r: {**r, "run": {**r["run"], "lr": "fast"}},
-    "model-not-table": lambda r: {**r, "model": []},
-    "unknown-model-key": lambda r: {**r, "model": {**r["model"], "colour": "blue"}},
+    "lr-not-number": lambda r: _experiment(r, run={**r["experiment"]["run"], "lr": "fast"}),
+    "model-not-table": lambda r: _experiment(r, model=[]),
+    "unknown-model-key": lambda r: _experiment(r, model={**r["experiment"]["model"], "colour": "blue"}),
     "step-of-another-folder": lambda r: {**r, "step": 7},
     "nested-too-deep": lambda r: "[" * 100_000 + "]" * 100_000,
 }
@@ -178,7 +188,7 @@ MALFORMED = {
 def test_malformed_record_falls_back(ckpt, case):
     edit_record(ckpt / "2", MALFORMED[case])
     found = resume.newest_intact(ckpt)
-    assert found.step == 1 and found.meta["step"] == 1
+    assert found.step == 1 and found.record.step == 1
     [(path, why)] = found.rejected
     assert path == ckpt / "2" and "run record" in why
 
@@ -237,32 +247,41 @@ def test_fifo_does_not_hang(ckpt):
 
 # --- 3. the record's format version ------------------------------------------------------------
 
+def _version_1(r):
+    """The record as version 1 wrote it: experiment settings at the top, the layout as text, and
+    the version only in `format` (records from before the field)."""
+    e = r["experiment"]
+    rest = {k: v for k, v in r.items() if k not in ("experiment", "format_version")}
+    return {**rest, "format": "rainier-jax checkpoint v1", "mesh": e["mesh"], "lnc": e["lnc"], "model": e["model"],
+            "run": e["run"], "parallel": ",".join(f"{a}={n}" for a, n in e["layout"].items())}
+
+
 def test_records_carry_a_version_and_old_ones_read_as_version_1(made, ckpt):
-    assert json.loads((made / "2" / "meta" / "metadata").read_text())["format_version"] == 1
-    edit_record(ckpt / "2", lambda r: {k: v for k, v in r.items() if k != "format_version"})
+    assert json.loads((made / "2" / "meta" / "metadata").read_text())["format_version"] == resume.FORMAT_VERSION
+    edit_record(ckpt / "2", _version_1)
     found = resume.newest_intact(ckpt)
-    assert found.step == 2 and not found.rejected and found.meta["format_version"] == 1
+    assert found.step == 2 and not found.rejected and found.record.format_version == 1
 
 
 @pytest.mark.parametrize("how", ["field", "format-string", "field-and-damaged"])
 def test_another_record_version_is_refused_and_left_in_place(ckpt, how):
-    change = {"field": lambda r: {**r, "format_version": 2},
+    change = {"field": lambda r: {**r, "format_version": NEWER},
               "format-string": lambda r: {k: v for k, v in r.items() if k != "format_version"}
-              | {"format": "rainier-jax checkpoint v2"},
-              "field-and-damaged": lambda r: {**r, "format_version": 2}}[how]
+              | {"format": f"rainier-jax checkpoint v{NEWER}"},
+              "field-and-damaged": lambda r: {**r, "format_version": NEWER}}[how]
     edit_record(ckpt / "2", change)
     if how == "field-and-damaged":   # a later format may seal differently: still not damage
         (ckpt / "2" / manifest.MANIFEST).write_text("garbage\n")
-    with pytest.raises(ConfigError, match="record format version 2; this rainier-jax reads version 1"):
+    with pytest.raises(ConfigError, match=f"record format version {NEWER}; this rainier-jax reads versions 1 and 2"):
         resume.newest_intact(ckpt)
     assert sorted(os.listdir(ckpt)) == ["1", "2"]
 
 
 def test_another_record_version_through_the_cli(ckpt):
-    edit_record(ckpt / "2", lambda r: {**r, "format_version": 2})
+    edit_record(ckpt / "2", lambda r: {**r, "format_version": NEWER})
     before = (ckpt / "2" / "meta" / "metadata").read_bytes()
     line = refused(rainier("train", "--checkpoint-dir", str(ckpt), "--resume", timeout=60))
-    assert f"{ckpt / '2'} holds a checkpoint of record format version 2" in line and "reads version 1" in line
+    assert f"{ckpt / '2'} holds a checkpoint of record format version {NEWER}" in line and "reads versions 1 and 2" in line
     assert sorted(os.listdir(ckpt)) == ["1", "2"] and (ckpt / "2" / "meta" / "metadata").read_bytes() == before
 
 
@@ -348,3 +367,76 @@ def test_failed_save_raises_and_discard_uncommitted_frees_it(tmp_path, rec, monk
     assert sorted(os.listdir(d)) == ["1"] and manifest.verify(d / "1") is None   # committed: untouched
     if raised_by == "save":
         saver.close()
+
+
+def test_a_checkpoint_keep_cannot_delete_is_one_warning_naming_the_setting(tmp_path, rec, monkeypatch, capsys):
+    """The run goes on; the warning goes to the Checkpointer's `warn` with the setting marked (the
+    CLI spells it as its flag), or by default to stderr with the setting's bare name."""
+    d = tmp_path / "ckpt"
+    replace = os.replace
+
+    def refuse(src, dst):   # the first step of a deletion: the rename into orbax's temporary names
+        if str(dst).endswith(".deleting"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return replace(src, dst)
+    monkeypatch.setattr(os, "replace", refuse)
+    warned = []
+    saver = store.Checkpointer(d, keep=1, warn=warned.append)
+    for step in (1, 2):
+        saver.save(step, state(step), resume.step_record(rec, step))
+    saver.close()
+    assert warned == [f"{setting('keep')} 1: could not delete {d / '1'} (Permission denied); left in place"]
+    assert sorted(os.listdir(d)) == ["1", "2"]
+    capsys.readouterr()
+    saver = store.Checkpointer(d, keep=1)
+    saver.save(3, state(3), resume.step_record(rec, 3))
+    saver.close()
+    lines = set(capsys.readouterr().err.splitlines())
+    assert lines == {f"rainier: keep 1: could not delete {d / s} (Permission denied); left in place" for s in "12"}
+
+
+# --- 6. the tests' hook, and nothing outside the Checkpointer -----------------------------------
+
+def test_before_seal_holds_a_save_in_flight(tmp_path, rec, monkeypatch):
+    """`store.before_seal` runs once the items are written, before the manifest and the commit:
+    while it runs, the save is an uncommitted temporary directory and nothing else."""
+    d = tmp_path / "ckpt"
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def hold(step):
+        seen.append((step, sorted(p.name for p in d.iterdir())))
+        inside.set()
+        release.wait(30)
+    monkeypatch.setattr(store, "before_seal", hold)
+    saver = store.Checkpointer(d, keep=3)
+    saver.save(1, state(1), resume.step_record(rec, 1))
+    assert inside.wait(30)
+    [(step, names)] = seen
+    assert step == 1 and len(names) == 1 and names[0].startswith(f"1{TMP}"), names
+    assert not (d / names[0] / manifest.MANIFEST).exists() and resume.steps_on_disk(d) == []
+    release.set()
+    saver.close()
+    assert resume.steps_on_disk(d) == [1] and manifest.verify(d / "1") is None
+
+
+def test_a_checkpointer_leaves_orbax_and_logging_as_they_were(tmp_path, rec):
+    """The array handler a Checkpointer saves with (not replica-parallel in one process) is its
+    own, not a registration in orbax's global registry, which `restore` and any other orbax user
+    in the process read; and saving sets no logging level."""
+    import logging
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    def registered():
+        return [ocp.type_handlers.get_type_handler(t) for t in ocp.type_handlers.supported_types()]
+
+    handlers, levels = registered(), {n: logging.getLogger(n).level for n in ("absl", "")}
+    saver = store.Checkpointer(tmp_path / "ckpt", keep=1)
+    saver.save(1, state(1), resume.step_record(rec, 1))
+    saver.close()
+    assert all(a is b for a, b in zip(registered(), handlers, strict=True))
+    assert {n: logging.getLogger(n).level for n in levels} == levels
+    own = store._type_handlers().get(jax.Array)
+    assert own is not ocp.type_handlers.get_type_handler(jax.Array)
+    assert own._use_replica_parallel is False   # orbax keeps the setting private

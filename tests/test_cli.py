@@ -132,7 +132,7 @@ CASES = [
     # pipeline settings
     Case("pp-1f1b-too-few-microbatches", T("--parallel", "pp=2,dp=4"), ("--microbatches 1", "1f1b")),
     Case("pp-layers-not-divisible", T("--parallel", "pp=8", "--schedule", "interleaved", "--virtual-stages", "2",
-                                      "--microbatches", "8"), ("--pp 8", "layers")),
+                                      "--microbatches", "8"), ("pp 8", "layers")),
     Case("interleaved-without-virtual-stages", T("--parallel", "pp=2,dp=4", "--schedule", "interleaved",
                                                  "--microbatches", "4"), ("--virtual-stages 1",)),
     Case("unknown-schedule", T("--parallel", "pp=2,dp=4", "--schedule", "zigzag", "--microbatches", "2"),

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ import pytest
 from cli_runner import ROOT, rainier, start, wait_for
 from rainier_jax.train.checkpoint import manifest
 from rainier_jax.train.checkpoint import record
-from rainier_jax.train.checkpoint.store import SEAL_DELAY_ENV
 from rainier_jax.parity.harness import FREE_LOSS_RTOL
 
 TRAIN = ("train", "--steps", "12", "--batch", "16", "--seq", "64", "--eval-every", "0")
@@ -30,6 +30,14 @@ def losses(path: Path) -> dict[int, float]:
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps)), f"steps repeated or out of order: {steps}"
     return {r["step"]: r["loss"] for r in records}
+
+
+def held(ckpt: Path, step: int, seconds: float) -> bool:
+    """Whether the save of `step` is held in flight (fault_entry.py's --seal-delay): `seconds` after
+    its temporary directory appeared, it is still there and not committed. Without the hold the
+    save commits in a fraction of a second, and a drill would only hope to land inside it."""
+    time.sleep(seconds)
+    return any(ckpt.glob(f"{step}.orbax-checkpoint-tmp*")) and step not in record.steps_on_disk(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +63,12 @@ def test_checkpointing_does_not_change_the_run(reference, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_signal_saves_and_resume_is_bitwise(reference, tmp_path, sig):
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
-    # Hold the step-4 save in flight for 3 s: the step-8 save must wait for it, so the signal
-    # arrives while a save is in flight and the loop is blocked.
+    # Hold the step-4 save in flight for 5 s (tests/fault_entry.py): the step-8 save must wait for
+    # it, so the signal (2 s into the hold) arrives while a save is in flight and the loop is blocked.
     proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY), "--metrics", str(metrics),
-                 env_extra={SEAL_DELAY_ENV: "4:3"})
+                 faults=("--seal-delay", "4:5"))
     wait_for(lambda: any(ckpt.glob("4.orbax-checkpoint-tmp*")), proc)
+    assert held(ckpt, 4, 2.0), "the step-4 save is not held in flight: the hook did not act"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -79,9 +88,10 @@ def test_signal_saves_and_resume_is_bitwise(reference, tmp_path, sig):
 def test_sigkill_during_an_inflight_save_loses_nothing_complete(reference, tmp_path):
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
     proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY), "--metrics", str(metrics),
-                 env_extra={SEAL_DELAY_ENV: "8:60"})
+                 faults=("--seal-delay", "8:60"))
     # The step-8 save is in flight once orbax's temporary directory exists (written, not committed).
     wait_for(lambda: any(ckpt.glob("8.orbax-checkpoint-tmp*")), proc)
+    assert held(ckpt, 8, 2.0), "the step-8 save is not held in flight: the hook did not act"
     proc.kill()
     proc.wait(timeout=30)
     assert record.steps_on_disk(ckpt) == [4], "only the committed checkpoint counts"
@@ -95,6 +105,25 @@ def test_sigkill_during_an_inflight_save_loses_nothing_complete(reference, tmp_p
     assert losses(metrics) == losses(reference / "m.jsonl")
     assert record.steps_on_disk(ckpt) == [4, 8, 12]
     assert not list(ckpt.glob("*.orbax-checkpoint-tmp*")), "the crashed save's leftovers are cleaned up"
+
+
+def test_a_step_folder_appearing_during_the_run_stops_it_naming_the_flags(tmp_path):
+    """A folder named like the next checkpoint, made while the run goes on: the run stops at that
+    save with one line that names the flags to use (the store names settings; the CLI spells
+    them), exit 1, and the folder is left as it was."""
+    ckpt = tmp_path / "ckpt"
+    proc = start(*TRAIN, "--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY),
+                 faults=("--seal-delay", "4:3"))   # step 4's save is in flight long enough to act
+    wait_for(lambda: any(ckpt.glob("4.orbax-checkpoint-tmp*")), proc)
+    (ckpt / "8").mkdir()
+    (ckpt / "8" / "notes.txt").write_text("mine")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    problems = [line for line in err.splitlines() if not line.startswith("step ")]
+    assert len(problems) == 1 and problems[0].startswith(
+        f"rainier: stopped: --checkpoint-dir {ckpt}: {ckpt / '8'} appeared during the run; rainier-jax does not "
+        f"overwrite it — move it out of {ckpt}, then --resume"), err
+    assert (ckpt / "8" / "notes.txt").read_text() == "mine"
 
 
 def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
@@ -136,8 +165,9 @@ def test_resume_on_another_layout_and_extended(reference, tmp_path):
     assert "resumed from" in r.stdout and "saved as pp=1,dp=8" in r.stdout
     assert sorted(losses(tmp_path / "m.jsonl")) == [13, 14]
     found = record.newest_intact(ckpt)
-    assert found.step == 14 and found.meta["run"]["steps"] == 14 and found.meta["run"]["lr"] == 1e-3
-    assert found.meta["parallel"] == "pp=2,dp=2,fsdp=1,tp=2"
+    saved = found.record.experiment
+    assert found.step == 14 and saved.run.steps == 14 and saved.run.lr == 1e-3
+    assert saved.layout_text == "pp=2,dp=2,fsdp=1,tp=2"
 
 
 def test_resume_on_another_mesh(reference, tmp_path):

@@ -1,4 +1,4 @@
-"""What a newcomer meets first (issue #14): a mistyped flag or command, a --data that is not a
+"""What a newcomer meets first: a mistyped flag or command, a --data that is not a
 file, a binary --data, and where `parity --report` wrote.
 
 Parser messages are checked in-process through build_parser (no JAX, milliseconds). The rest runs
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ROOT, cli_env
-from rainier_jax.cli.main import build_parser, close_matches
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.cli.main import build_parser
+from rainier_jax.cli.parser import close_matches
+from rainier_jax.config.errors import ConfigError
 
 TIMEOUT_S = 60  # generous for a loaded machine: a case takes about a second (a hung FIFO forever)
 PARITY_TIMEOUT_S = 300  # the parity run: ~5 s with the compile cache warm, 20-50 s cold and loaded
@@ -103,8 +104,10 @@ def runs(request, tmp_path_factory):
     p = _inputs(tmp_path_factory.mktemp("usability"))
     # A library call, not the CLI: a directory's FIFO is skipped without being opened, and is not
     # counted among its files.
+    # Its notes name settings; spelled as the CLI spells them (cli/flags.py) to compare with the CLI's.
     load_dir = (f"from rainier_jax.train import data; c = data.load_corpus({str(p['with_fifo'])!r}, 256, 16); "
-                "print(c.num_files, c.num_bytes); print(*c.notes)")
+                "from rainier_jax.config.errors import spell; "
+                "print(c.num_files, c.num_bytes); print(*(spell(n, {'data': '--data'}) for n in c.notes))")
     cases = {
         "typo": lambda: _cli("train", "--stpes", "3"),
         "command-typo": lambda: _cli("mesh", "shwo"),

@@ -1,12 +1,13 @@
 """Collective pricing: the link class a group crosses on the trn2 torus, the UltraServer ring and
-across nodes, and the algorithm formulas (rainier_jax/collectives.py's docstring)."""
+across nodes, and the algorithm formulas (rainier_jax/perf/collectives.py's docstring)."""
 
 import math
 
 import pytest
 
 from rainier_jax.perf import collectives
-from rainier_jax.parallel.layout import axis_groups, parse_layout, place
+from rainier_jax.parallel.layout import parse_layout
+from rainier_jax.parallel.placement import axis_groups, place
 from rainier_jax.hardware.topology import load_topology, with_nodes
 
 INSTANCE = load_topology("trn2-instance")          # 64 ranks: rank = chip·4 + core, chip = y·4 + x

@@ -15,25 +15,26 @@ from rainier_jax.perf import compiled
 from rainier_jax.perf import flops
 from rainier_jax.perf import hlo
 from rainier_jax.perf import state_bytes
-from rainier_jax.config.typed import ConfigError
-from rainier_jax.parallel.layout import ParallelLayout, parse_layout, place
+from rainier_jax.config.errors import ConfigError
+from rainier_jax.parallel.layout import ParallelLayout, parse_layout
+from rainier_jax.parallel.placement import place
 from rainier_jax.spec.model import load_model
 from rainier_jax.hardware.topology import load_topology, with_nodes
-from rainier_jax.train.loop import build_program, mesh_on_ranks
+from rainier_jax.parallel.experiment import resolve
+from rainier_jax.train.loop import build_program
 
 DFT = "dp=2,fsdp=2,tp=2"
 
 
 @pytest.fixture(scope="module")
 def dft_profile():
-    return compiled.profile_step(TINY, MINI8, parse_layout(DFT, 8), RUN)
+    return compiled.profile_step(resolve(MINI8, TINY, parse_layout(DFT, 8), RUN))
 
 
 @pytest.fixture(scope="module")
 def dft_program():
     """The same step compiled the ordinary way (persistent cache on): fills the cache, or hits it."""
-    layout = parse_layout(DFT, 8)
-    return build_program(TINY, layout, mesh_on_ranks(layout, place(layout, MINI8)), RUN, with_eval=False)
+    return build_program(resolve(MINI8, TINY, DFT, RUN), with_eval=False)
 
 
 def test_every_collective_is_named_by_the_axes_it_spans(dft_profile):
@@ -72,16 +73,15 @@ def test_the_dump_happens_although_the_cache_holds_the_program(dft_program, dft_
     options); profile_step must compile anyway, and leave the cache working."""
     assert jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir, \
         "tests/conftest.py enables the persistent compile cache this test is about"
-    layout = parse_layout(DFT, 8)
-    mesh = mesh_on_ranks(layout, place(layout, MINI8))
+    experiment = resolve(MINI8, TINY, DFT, RUN)
 
     def compile_with_dump(where):
-        build_program(TINY, layout, mesh, RUN, with_eval=False,
+        build_program(experiment, with_eval=False,
                       compiler_options={"xla_dump_to": str(where), "xla_dump_hlo_pass_re": "spmd-partitioning"})
         return _dumped(where)
 
     assert not compile_with_dump(tmp_path / "before"), "expected a cache hit (dft_program filled the cache)"
-    again = compiled.profile_step(TINY, MINI8, layout, RUN)
+    again = compiled.profile_step(experiment)
     assert again.collectives == dft_profile.collectives and again.dot_flops == dft_profile.dot_flops
     assert jax.config.jax_enable_compilation_cache
     assert not compile_with_dump(tmp_path / "after"), "the persistent cache is not in use again"
@@ -89,7 +89,7 @@ def test_the_dump_happens_although_the_cache_holds_the_program(dft_program, dft_
 
 def test_pipeline_sends_are_permutes_along_pp():
     run = dataclasses.replace(RUN, microbatches=2)
-    p = compiled.profile_step(TINY, MINI8, parse_layout("dp=2,tp=2,pp=2", 8), run)
+    p = compiled.profile_step(resolve(MINI8, TINY, parse_layout("dp=2,tp=2,pp=2", 8), run))
     permutes = [c for c in p.collectives if c.kind == "collective-permute"]
     assert permutes and all(c.axes == ("pp",) and c.pairs and c.groups == () for c in permutes)
     assert not any("other" in c.axes for c in p.collectives)
@@ -99,7 +99,7 @@ def test_pipeline_sends_are_permutes_along_pp():
 def test_tp_beyond_the_kv_heads_reduces_within_part_of_each_tp_group():
     """tp=8 over TINY's 4 kv heads: each kv head lives on 2 ranks, so GSPMD reduces k/v partial
     sums among ranks holding different heads — a sub-group of tp, named ("tp",) and partial."""
-    p = compiled.profile_step(TINY, MINI8, parse_layout("tp=8", 8), RUN)
+    p = compiled.profile_step(resolve(MINI8, TINY, parse_layout("tp=8", 8), RUN))
     assert not any("other" in c.axes for c in p.collectives)
     partial = [c for c in p.collectives if c.partial]
     assert partial and all(c.axes == ("tp",) and c.group_size < 8 for c in partial)
@@ -124,7 +124,7 @@ def test_attribute_picks_the_smallest_combination_of_real_axes():
     topo = load_topology("trn2-instance")     # 64 ranks: a placement that is not the identity
     layout = parse_layout("pp=2,dp=2,fsdp=4,tp=4", topo.num_ranks)
     placement = place(layout, topo)
-    from rainier_jax.parallel.layout import axis_groups
+    from rainier_jax.parallel.placement import axis_groups
     for axis in ("pp", "dp", "fsdp", "tp"):
         assert compiled.attribute(axis_groups(placement, axis)[::-1], placement) == (axis,)
     both = axis_groups(placement, ("dp", "fsdp"))
@@ -147,17 +147,17 @@ def test_attribute_picks_the_smallest_combination_of_real_axes():
 def test_refuses_what_one_process_cannot_compile(tmp_path):
     big = with_nodes(load_topology("trn2-ultraserver"), 16)
     assert big.num_ranks == 4096
-    with pytest.raises(ConfigError, match=r"--compiled: 4,096 ranks exceed the 2,048 CPU devices"):
+    with pytest.raises(ConfigError, match=r"^compiled: 4,096 ranks exceed the 2,048 CPU devices"):
         compiled.check_compilable(TINY, big, ParallelLayout(dp=4096))
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
                                 "vocab_size": 256, "n_positions": 128}))
-    with pytest.raises(ConfigError, match=r"^--compiled: .*gpt2 model is for the analytic performance model only"):
+    with pytest.raises(ConfigError, match=r"^compiled: .*gpt2 model is for the analytic performance model only"):
         compiled.check_compilable(load_model(str(path)), MINI8, ParallelLayout(dp=8))
     compiled.check_compilable(TINY, MINI8, ParallelLayout(dp=8))   # fine
 
 
 def test_needs_exactly_the_meshs_devices():
     sixteen = load_topology("trn2-mini-16")
-    with pytest.raises(ConfigError, match="--compiled: the mesh has 16 ranks but JAX has 8 cpu devices"):
-        compiled.profile_step(TINY, sixteen, parse_layout("dp=16", 16), RUN)
+    with pytest.raises(ConfigError, match="^compiled: the mesh has 16 ranks but JAX has 8 cpu devices"):
+        compiled.profile_step(resolve(sixteen, TINY, parse_layout("dp=16", 16), RUN))

@@ -9,6 +9,7 @@ import pytest
 
 from programs import MINI8, RUN, TINY
 from rainier_jax.perf import compiled
+from rainier_jax.parallel.experiment import resolve
 from rainier_jax.perf import flops
 from rainier_jax.perf.estimate import estimate, memory
 from rainier_jax.perf.estimate_view import discrepancies
@@ -47,7 +48,7 @@ def test_rainier_recipe_equals_the_partitioned_hlo(layout, settings):
     included (their executor runs lock-step ticks and reduces gradients every tick)."""
     run = dataclasses.replace(RUN, **settings)
     lay = parse_layout(layout, 8)
-    profile = compiled.profile_step(TINY, MINI8, lay, run)
+    profile = compiled.profile_step(resolve(MINI8, TINY, lay, run))
     analytic = estimate(TINY, MINI8, lay, run, recipe="rainier")
     assert _bytes(analytic.comms) == _bytes(profile.collectives)
     # Memory may differ (CPU temporaries); traffic may not.
@@ -59,7 +60,7 @@ def test_what_the_model_does_not_cover_is_reported():
     compiled program sends far more than the recipe expects, and the comparison says so."""
     run = dataclasses.replace(RUN, microbatches=4, schedule="interleaved", virtual_stages=2)
     lay = parse_layout("dp=2,tp=2,pp=2", 8)
-    found = discrepancies(compiled.profile_step(TINY, MINI8, lay, run), estimate(TINY, MINI8, lay, run,
+    found = discrepancies(compiled.profile_step(resolve(MINI8, TINY, lay, run)), estimate(TINY, MINI8, lay, run,
                                                                                  recipe="rainier"))
     assert any("collective-permute over pp" in line for line in found), found
 

@@ -3,8 +3,9 @@ refuses writes, a run that diverges to NaN. Each ends in one line and a non-zero
 checkpoint completed before the fault still verifies and resumes bitwise.
 
 The full disk is a real 40 MiB tmpfs (room for one checkpoint of the tiny model, not two) when
-this machine lets the test mount one; otherwise the checkpoint's manifest write raises ENOSPC
-through a hook the test installs in the subprocess — the same write path, the same handling.
+this machine lets the test mount one; otherwise the second checkpoint's save fails with ENOSPC
+where its manifest is written, through the store's `before_seal` hook that tests/fault_entry.py
+installs in the subprocess — the same background write, the same handling.
 The three runs go concurrently (module fixture); the checkpoint directory is always relative.
 """
 
@@ -13,34 +14,22 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cli_runner import cli_env
+from cli_runner import cli_env, command
 from rainier_jax.train.checkpoint import manifest
 
 SMALL = ("--batch", "8", "--seq", "32", "--eval-every", "0")
-# Raise ENOSPC where the second checkpoint's files are written (fallback when tmpfs is refused).
-ENOSPC_HOOK = """
-import errno, sys
-from rainier_jax.train.checkpoint import manifest
-real = manifest.write
-def write(root):
-    if root.name.startswith("4."):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    return real(root)
-manifest.write = write
-from rainier_jax.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+# Fail the second checkpoint's save (step 4) with ENOSPC (fallback when tmpfs is refused).
+FULL_DISK = ("--seal-fail", "4")
 
 
-def _run(args, cwd: Path, hook: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", hook, *args] if hook else [sys.executable, "-m", "rainier_jax.cli", *args]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(args), capture_output=True, text=True, timeout=timeout)
+def _run(args, cwd: Path, faults=(), timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command(args, faults), cwd=cwd, env=cli_env(args), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _problems(stderr: str) -> list[str]:
@@ -71,7 +60,7 @@ def faults(tmp_path_factory):
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:
             full = pool.submit(_run, (*train, "--steps", "8", "--checkpoint-every", "2", *SMALL), disk,
-                               None if mounted else ENOSPC_HOOK)
+                               () if mounted else FULL_DISK)
             diverged = pool.submit(_run, (*train, "--steps", "6", "--checkpoint-every", "1", "--lr", "1e30", *SMALL),
                                    nan)
             refused = pool.submit(_run, ("train", "--steps", "3", "--metrics", "/dev/full", *SMALL), devfull)

@@ -6,7 +6,7 @@ import pytest
 
 from cli_runner import rainier
 from rainier_jax.perf import flops
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 from rainier_jax.spec.model import load_model
 
 # meta-llama/Llama-3.1-8B config.json (the fields rainier reads, as published)

@@ -197,7 +197,7 @@ def test_model_flops_convention():
 
 def test_compiled_collectives_map_onto_the_links_their_axis_crosses():
     """The compiled path's chain: the step's HLO → each collective's device groups → the link class
-    on the topology. Device d is emulated rank d (train.mesh_on_ranks), so on trn2-mini-8 with
+    on the topology. Device d is emulated rank d (Experiment.mesh), so on trn2-mini-8 with
     dp=2,fsdp=2,tp=2 (`rainier mesh show`: tp on the chip, fsdp over the torus, dp over the
     instance ring) every collective must land on exactly the class of the axes it spans."""
     from programs import MINI8

@@ -17,7 +17,7 @@ import pytest
 
 from rainier_jax.cli import main as cli
 from rainier_jax.config import values
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = (REPO / "models" / "tiny.toml").read_text()

@@ -13,6 +13,7 @@ layout with the parity harness's derived bounds.)
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -168,6 +169,11 @@ def _busy_port():
     (["--processes", "2"], "give the command"),
     (["--processes", "2", "--", "train", "--steps", "0"], "--steps 0"),
     (["--processes", "2", "--", "parity", "--parallel", "dp=3"], "--parallel dp=3"),
+    # Checked by launch itself, named as the wrapped command's flags:
+    (["--processes", "2", "--", "train", "--mesh", "nope"], "--mesh nope: unknown mesh name"),
+    (["--processes", "2", "--", "train", "--lnc", "3"], "--lnc 3: trn2-mini-8 supports only --lnc 2"),
+    (["--processes", "2", "--", "train", "--resume", "--checkpoint-dir", "/nonexistent-rainier-dir"],
+     "--resume: --checkpoint-dir /nonexistent-rainier-dir does not exist; run without --resume"),
 ])
 def test_bad_launches_are_one_line_and_exit_2(args, needle):
     if needle is None:
@@ -178,13 +184,28 @@ def test_bad_launches_are_one_line_and_exit_2(args, needle):
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("rainier: error:") and needle in out.stderr, out.stderr
 
 
+def test_a_coordination_service_that_cannot_start_is_one_line_naming_the_flag(monkeypatch, capsys):
+    """The launcher (a library: it says `port`) fails to start JAX's coordination service after
+    the dry run passed; `rainier launch` says `--port`, in one line, exit 2."""
+    from rainier_jax.cli.main import main
+
+    def refuse(port, processes):
+        raise RuntimeError("UNAVAILABLE: bind failed")
+    monkeypatch.setattr(launch_lib, "_start_service", refuse)
+    assert main(["launch", "--processes", "2", "--", "train", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"rainier: error: launch: cannot start JAX's coordination service on 127\.0\.0\.1:\d+ "
+                        r"\(UNAVAILABLE: bind failed\); try again, or give another --port\n", err), err
+
+
 def test_a_busy_port_given_explicitly_is_refused():
     sock, port = _busy_port()
     try:
         out = rainier("launch", "--processes", "2", "--port", str(port), "--", "train", timeout=60)
     finally:
         sock.close()
-    assert out.returncode == 2 and f"--port {port}: already in use" in out.stderr and out.stderr.count("\n") == 1
+    assert out.returncode == 2 and out.stderr == (f"rainier: error: --port {port}: already in use on 127.0.0.1; "
+                                                  "choose another, or leave --port out to pick a free one\n")
 
 
 @pytest.mark.parametrize("env,needle", [

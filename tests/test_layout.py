@@ -1,15 +1,15 @@
 """Placement of parallel axes on the topology, layout validation, and parameter shardings."""
 
 import jax
-import numpy as np
 import pytest
 
 from rainier_jax.parallel import sharding
-from rainier_jax.config.typed import ConfigError
-from rainier_jax.parallel.layout import (AXES, ParallelLayout, axis_groups, axis_links, parse_layout, place,
-                                tp_ring_warnings, validate_batch, validate_for_model)
+from rainier_jax.config.errors import ConfigError, spell
+from rainier_jax.parallel.layout import AXES, ParallelLayout, parse_layout, validate_batch, validate_for_model
+from rainier_jax.parallel.placement import axis_groups, axis_links, place, tp_ring_warnings
 from rainier_jax.hardware.topology import load_topology
-from rainier_jax.train.loop import build_mesh
+from rainier_jax.parallel.experiment import resolve
+from rainier_jax.spec.run import RunConfig
 from rainier_jax.spec.model import load_model, param_shapes
 
 MINI8 = load_topology("trn2-mini-8")
@@ -58,8 +58,14 @@ def test_kv_heads_must_divide_or_be_divided_by_tp():
 
 def test_batch_validation():
     validate_batch(ParallelLayout(dp=2, fsdp=2, tp=2), 4)
-    with pytest.raises(ConfigError, match="--batch 6"):
+    with pytest.raises(ConfigError) as info:
         validate_batch(ParallelLayout(dp=4, tp=2), 6)
+    assert "--batch 6" in as_flags(info.value.raw)
+
+
+def as_flags(text: str) -> str:
+    """A library message (ConfigError.raw, a note) as the CLI spells its settings: `--name`."""
+    return spell(text, lambda name: "--" + name.replace("_", "-"))
 
 
 @pytest.mark.parametrize("topo,text", [
@@ -85,21 +91,25 @@ def test_mini8_default_layout_places_tp_on_chip_fsdp_on_torus_dp_on_ring():
     assert links == {"tp": "on_chip", "fsdp": "torus", "dp": "ring"}
 
 
+def _tp_warnings(layout):
+    return tp_ring_warnings(layout, TRN2, place(layout, TRN2))
+
+
 def test_tp_takes_cores_then_torus_row():
     p = place(ParallelLayout(dp=4, tp=16), TRN2)
     groups = axis_groups(p, "tp")
     assert groups[0].tolist() == list(range(16))        # chips 0–3: one torus row
     assert {TRN2.chip_of(int(r)) for r in groups[1]} == {(0, x, 1) for x in range(4)}
-    assert tp_ring_warnings(ParallelLayout(dp=4, tp=16), TRN2) == []
-    assert tp_ring_warnings(ParallelLayout(dp=16, tp=4), TRN2) == []
+    assert _tp_warnings(ParallelLayout(dp=4, tp=16)) == []
+    assert _tp_warnings(ParallelLayout(dp=16, tp=4)) == []
 
 
 def test_tp_groups_that_are_not_rings_warn():
     # Two chips are a line, not a ring (neuronx-distributed: 8×8 is unsupported on trn2).
-    w = tp_ring_warnings(ParallelLayout(dp=8, tp=8), TRN2)
+    w = _tp_warnings(ParallelLayout(dp=8, tp=8))
     assert len(w) == 1 and "not rings" in w[0] and "two chips" in w[0]
     # tp=32 in rank order runs row 0 then row 1: chip 3 → chip 4 is not a torus link.
-    w = tp_ring_warnings(ParallelLayout(dp=2, tp=32), TRN2)
+    w = _tp_warnings(ParallelLayout(dp=2, tp=32))
     assert len(w) == 1 and "not directly linked" in w[0]
 
 
@@ -137,7 +147,7 @@ SHARD_SHAPES = {
 @pytest.mark.parametrize("text", list(SHARD_SHAPES))
 def test_parameter_shard_shapes(text):
     layout = parse_layout(text, 8)
-    mesh = build_mesh(layout, np.array(jax.devices())[place(layout, MINI8)])
+    mesh = resolve(MINI8, TINY, layout, RunConfig()).mesh
     shards = sharding.param_shardings(mesh, layout, TINY)
     shapes = param_shapes(TINY)
     flat = {path[-1].key: (s, shp) for (path, s), (_, shp) in zip(
@@ -149,7 +159,7 @@ def test_parameter_shard_shapes(text):
 
 
 def test_matrix_layouts_include_pipelines():
-    from rainier_jax.parallel.layout import admissible_layouts
+    from rainier_jax.parallel.placement import admissible_layouts
     layouts = admissible_layouts(MINI8, TINY, 16, microbatches=None)
     assert len(layouts) == len(set(layouts)) == 20      # every factorisation of 8 over 4 axes the model admits
     assert ParallelLayout(pp=8) in layouts and ParallelLayout(pp=2, dp=2, tp=2) in layouts

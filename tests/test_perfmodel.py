@@ -9,6 +9,7 @@ import pytest
 from programs import MINI8, RUN, TINY, program_for
 from rainier_jax.perf import state_bytes
 from rainier_jax.parallel.layout import ParallelLayout, parse_layout
+from rainier_jax.spec import dtypes
 from rainier_jax.spec.precision import PRESETS
 
 
@@ -40,3 +41,12 @@ def test_zero1_splits_only_the_optimizer():
     zero1 = state_bytes.state_bytes_per_rank(TINY, layout, PRESETS["bf16-mixed"], zero1=True)
     assert zero1["weights"] == plain["weights"] and zero1["grads"] == plain["grads"]
     assert zero1["optimizer"] * 4 == plain["optimizer"]
+
+
+def test_the_one_table_of_dtype_sizes_agrees_with_jax():
+    """spec/dtypes.py sizes every dtype the model counts, by policy name and by HLO element type
+    alike, as JAX sizes it."""
+    for name, hlo_type in dtypes.POLICY_HLO.items():
+        assert dtypes.itemsize(name) == dtypes.itemsize(hlo_type) == jax.numpy.dtype(name).itemsize
+    for policy in PRESETS.values():
+        assert policy.param_bytes == np.dtype(jax.numpy.dtype(policy.param_dtype)).itemsize

@@ -10,11 +10,13 @@ from cli_runner import rainier
 from programs import MINI8, RUN, TINY, program_for
 from rainier_jax.train import data
 from rainier_jax.parallel import sharding
-from rainier_jax.parallel.layout import ParallelLayout, layout_warnings, place
+from rainier_jax.parallel.layout import ParallelLayout
+from rainier_jax.parallel.placement import layout_warnings, place
 from rainier_jax.parity.harness import Bound, run_parity
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads, plan
 from rainier_jax.parallel.schedules import build_schedule, pack
-from rainier_jax.train.loop import build_program, mesh_on_ranks
+from rainier_jax.parallel.experiment import resolve
+from rainier_jax.train.loop import build_program
 
 EPS32 = float(np.finfo(np.float32).eps)
 PIPE_RUN = dataclasses.replace(RUN, steps=2)
@@ -29,7 +31,7 @@ CASES = [(kind, P, 2 * P if P == 2 else P, V) for kind, V in (("gpipe", 1), ("1f
 def pipelined(kind, P, M, V, run=PIPE_RUN):
     layout = ParallelLayout(pp=2, dp=2, tp=2) if P == 2 else ParallelLayout(pp=4, dp=2)
     run = dataclasses.replace(run, schedule=kind, microbatches=M, virtual_stages=V)
-    return build_program(TINY, layout, mesh_on_ranks(layout, place(layout, MINI8)), run)
+    return build_program(resolve(MINI8, TINY, layout, run))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_schedule_matches_unpipelined_model(kind, P, M, V, single, corpus):
 def test_pipeline_composes_with_fsdp(single, corpus):
     layout = ParallelLayout(pp=4, fsdp=2)
     run = dataclasses.replace(PIPE_RUN, schedule="interleaved", microbatches=8, virtual_stages=2)
-    cand = build_program(TINY, layout, mesh_on_ranks(layout, place(layout, MINI8)), run)
+    cand = build_program(resolve(MINI8, TINY, layout, run))
     result = run_parity(single, cand, corpus, bound=Bound("derived", EPS32), reference_name="single",
                         candidate_name="pp=4,fsdp=2 interleaved")
     assert result.passed, result.first_violation
@@ -69,8 +71,9 @@ def test_gradient_accumulation_with_pp1_matches(single, corpus):
 @pytest.mark.parametrize("kind,P,M,V", [("1f1b", 2, 4, 1), ("interleaved", 2, 4, 2), ("gpipe", 4, 4, 1)])
 def test_nan_in_bubbles_never_reaches_loss_or_gradients(kind, P, M, V, corpus):
     layout = ParallelLayout(pp=P, dp=8 // P)
-    mesh = mesh_on_ranks(layout, place(layout, MINI8))
-    schedule = build_schedule(kind, P, M, V)
+    experiment = resolve(MINI8, TINY, layout, dataclasses.replace(PIPE_RUN, schedule=kind, microbatches=M,
+                                                                  virtual_stages=V))
+    mesh, schedule = experiment.mesh, experiment.schedule
     assert (schedule.fwd[:, :, 0] == -1).any()            # there are bubbles to poison
     constrain = sharding.make_constrain(mesh)
     params = jax.device_put(jax.device_get(program_for("single").init().params),
@@ -96,10 +99,14 @@ def test_buffers_are_the_schedules_peak(kind, P, M):
     assert plan(pack(s)).stash_slots == max(s.peak_in_flight()) == (P if kind == "1f1b" else M)
 
 
+def _warnings(layout):
+    return layout_warnings(layout, MINI8, place(layout, MINI8))
+
+
 def test_pp_ring_warnings():
     # pp=2 across the mini mesh's two instances: one Z link, fine. pp=4 adds a hop that is no link.
-    assert layout_warnings(ParallelLayout(pp=2, dp=4), MINI8) == []
-    w = layout_warnings(ParallelLayout(pp=4, dp=2), MINI8)
+    assert _warnings(ParallelLayout(pp=2, dp=4)) == []
+    w = _warnings(ParallelLayout(pp=4, dp=2))
     assert len(w) == 1 and "pp=4" in w[0] and "not rings" in w[0]
 
 

@@ -1,12 +1,13 @@
 """Pipeline schedules as data: valid tables, textbook bubbles, bounded in-flight activations."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from cli_runner import rainier
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, spell
 from rainier_jax.parallel.schedules import IDLE, ScheduleKind, build_schedule, check_table, pack, validate
 
 CASES = [(kind, P, M, V) for P in (2, 4) for M in (P, 2 * P, 4 * P)
@@ -53,8 +54,14 @@ def test_check_table_catches_broken_tables():
     ("gpipe", 2, 0, 1, None, "--microbatches 0"),
 ])
 def test_validation(kind, P, M, V, layers, needle):
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(ConfigError) as info:
         validate(ScheduleKind(kind), P, M, V, n_layers=layers)
+    assert re.search(needle, as_flags(info.value.raw))
+
+
+def as_flags(text: str) -> str:
+    """A library message (ConfigError.raw, a note) as the CLI spells its settings: `--name`."""
+    return spell(text, lambda name: "--" + name.replace("_", "-"))
 
 
 def test_gpipe_accepts_fewer_microbatches_than_stages():

@@ -4,7 +4,9 @@ touches `jax.config`, with tests/conftest.py)."""
 
 from __future__ import annotations
 
-from rainier_jax.config.typed import ConfigError
+import dataclasses
+
+from rainier_jax.config.errors import ConfigError
 
 DEFAULT_MESH = "trn2-mini-8"
 # Set by `rainier launch` for a dry run of the command it wraps: validate everything, stop before
@@ -18,10 +20,11 @@ def check_only() -> bool:
     import os
     return os.environ.get(CHECK_ONLY_ENV) == "1"
 
-RUN_FLAGS = ("steps", "batch", "seq", "seed", "lr", "eval_every", "microbatches", "schedule", "virtual_stages",
-             "precision", "remat", "zero1")
-# Train flags outside RunConfig that a resumed run takes from its checkpoint unless given.
-PLACE_FLAGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
+def run_settings(args) -> tuple[str, ...]:
+    """The run settings (RunConfig's fields) the command has flags for (its parser's table,
+    cli/flags.py)."""
+    from rainier_jax.spec.run import RunConfig
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name in getattr(args, "flags", {}))
 
 
 def given(args, names) -> dict:
@@ -31,14 +34,16 @@ def given(args, names) -> dict:
 def defaulted(args, base: dict | None = None) -> frozenset[str]:
     """The run settings that hold RunConfig's default: neither given as a flag nor taken from a
     resumed run's record (error messages say "(the default)" for those)."""
-    return frozenset(k for k in RUN_FLAGS if getattr(args, k, None) is None and k not in (base or {}))
+    return frozenset(k for k in run_settings(args) if getattr(args, k, None) is None and k not in (base or {}))
 
 
 def run_config(args, base: dict | None = None):
     """RunConfig from the flags given, over `base` (a resumed run's saved settings) or the defaults."""
     from rainier_jax.spec.run import RunConfig
     try:
-        return RunConfig(**{**(base or {}), **given(args, RUN_FLAGS)})
+        return RunConfig(**{**(base or {}), **given(args, run_settings(args))})
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import sys
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags
+from rainier_jax.config.errors import ConfigError
 
 DEFAULT_SEQ = 4096
-ESTIMATE_RUN_FLAGS = ("batch", "seq", "microbatches", "schedule", "virtual_stages", "precision", "remat", "zero1")
 
 
-def add_estimate_parser(sub, add_mesh_flags, add_pipeline_flags) -> None:
+def add_parser(sub) -> None:
     def common(p):
         p.add_argument("--model", required=True, help="model name, .toml, or Hugging Face config.json (llama, gpt2)")
         p.add_argument("--mesh", required=True, help="mesh name or .toml (e.g. trn2-instance, trn2-ultraserver)")
@@ -74,40 +74,31 @@ def _setup(args):
 
 
 def _run(args):
-    from rainier_jax.cli.common import given
-    from rainier_jax.spec.run import RunConfig
-    try:
-        return RunConfig(**given(args, ESTIMATE_RUN_FLAGS))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    from rainier_jax.cli.common import run_config
+    return run_config(args)
 
 
 def cmd_estimate(args) -> int:
     from rainier_jax.cli.common import defaulted
     from rainier_jax.perf.estimate import estimate
-    from rainier_jax.parallel.layout import layout_warnings, parse_layout, place, validate_all
-    from rainier_jax.spec.precision import check_compatible
+    from rainier_jax.parallel.experiment import resolve
 
     cfg, topo = _setup(args)
-    layout = parse_layout(args.parallel, topo.num_ranks)
-    run = _run(args)
-    validate_all(layout, cfg, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                 virtual_stages=run.virtual_stages, defaulted=defaulted(args))
-    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
-    placement = place(layout, topo)
+    experiment = resolve(topo, cfg, args.parallel, _run(args), defaulted=defaulted(args))
+    layout = experiment.layout
     if args.compiled:
         from rainier_jax.perf.compiled import check_compilable
         check_compilable(cfg, topo, layout)
-    for warning in layout_warnings(layout, topo, placement):
+    for warning in experiment.warnings():
         print(f"rainier: {warning}", file=sys.stderr)
-    e = estimate(cfg, topo, layout, run, recipe=args.recipe)
+    e = estimate(experiment, recipe=args.recipe)
     profile = own = None
     if args.compiled:
         from rainier_jax.cli.common import start_jax
         from rainier_jax.perf.compiled import profile_step
         start_jax(topo.num_ranks)
-        profile = profile_step(cfg, topo, layout, run)
-        own = estimate(cfg, topo, layout, run, recipe="rainier")
+        profile = profile_step(experiment)
+        own = estimate(experiment, recipe="rainier")
     if args.json:
         out = e.as_json()
         if profile is not None:

@@ -10,9 +10,49 @@ import os
 import sys
 import time
 
-from rainier_jax.cli.common import (DEFAULT_MESH, DEFAULT_MODEL, PLACE_FLAGS, RUN_FLAGS, check_only, defaulted, given,
-                                    run_config, start_jax, writable_dir)
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.cli.common import (DEFAULT_MESH, DEFAULT_MODEL, check_only, defaulted, given, run_config,
+                                    run_settings, start_jax, writable_dir)
+from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags, preset_help, run_default, shown
+from rainier_jax.config.errors import ConfigError, setting
+from rainier_jax.train.checkpoint.record import DEFAULT_KEEP
+
+
+def add_parser(sub) -> None:
+    tr = sub.add_parser("train", help="train a model on an emulated mesh")
+    tr.add_argument("--mesh", default=None, help=f"mesh name or path [{DEFAULT_MESH}]")
+    add_mesh_flags(tr)
+    tr.add_argument("--model", default=None, help=f"model name or path [{DEFAULT_MODEL}]")
+    tr.add_argument("--parallel", default=None,
+                    help="layout dp=..,fsdp=..,tp=.. (omitted axes are 1; product = mesh ranks) [dp = all ranks]")
+    tr.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps of the whole run (a resumed run continues up to it) "
+                         f"[{run_default('steps')}]")
+    tr.add_argument("--batch", type=int, default=None, help=f"global sequences per step [{run_default('batch')}]")
+    tr.add_argument("--seq", type=int, default=None, help=f"sequence length [{run_default('seq')}]")
+    tr.add_argument("--seed", type=int, default=None, help=f"seed for parameters and batches [{run_default('seed')}]")
+    tr.add_argument("--lr", type=float, default=None, help=f"peak learning rate [{run_default('lr'):g}]")
+    tr.add_argument("--eval-every", type=int, default=None,
+                    help="held-out eval every K steps, and at the end; 0 = only at the end "
+                         f"[{run_default('eval_every')}]")
+    tr.add_argument("--data", default=None,
+                    help="text file, directory of text files, or uint16 *.bin tokens [Python stdlib sources]")
+    tr.add_argument("--metrics", default=None, help="append one JSON object per step to this file")
+    tr.add_argument("--precision", default=None, help=f"precision preset: {preset_help()} [{run_default('precision')}]")
+    tr.add_argument("--zero1", action="store_true", default=None,
+                    help="ZeRO-1: split the optimizer state over the data-parallel axis too")
+    tr.add_argument("--remat", default=None,
+                    help="activation rematerialisation per block: full (keep block inputs), selective "
+                         f"(recompute attention scores) or none [{run_default('remat')}]")
+    add_pipeline_flags(tr)
+    ck = tr.add_argument_group("checkpoints (docs/CHECKPOINTS.md)")
+    ck.add_argument("--checkpoint-dir", default=None,
+                    help="save orbax checkpoints here (asynchronously), always at the last step run")
+    ck.add_argument("--checkpoint-every", type=int, default=None, help="also save every K steps")
+    ck.add_argument("--keep", type=int, default=None, help=f"newest checkpoints kept [{DEFAULT_KEEP}]")
+    ck.add_argument("--resume", action="store_true",
+                    help="continue from the newest intact checkpoint in --checkpoint-dir; flags not given "
+                         "keep their saved values")
+    tr.set_defaults(func=cmd_train)
 
 
 def checkpoint_plan(args):
@@ -26,7 +66,7 @@ def checkpoint_plan(args):
     if args.checkpoint_dir is None:
         for name in ("checkpoint_every", "keep"):
             if getattr(args, name) is not None:
-                raise ConfigError(f"{resume.flag(name)} needs --checkpoint-dir DIR (where to save)")
+                raise ConfigError(f"{setting(name)} needs --checkpoint-dir DIR (where to save)")
         if args.resume:
             raise ConfigError("--resume needs --checkpoint-dir DIR (the run to continue)")
         return None, None, []
@@ -50,8 +90,9 @@ def checkpoint_plan(args):
     where = str(found.path)
     if "mesh" in given(args, ["mesh"]):
         args.mesh = resume.absolute_if_path(args.mesh)
-    flags, notes = resume.merge(found.meta, given(args, RUN_FLAGS + PLACE_FLAGS), where=where)
-    for name, value in flags.items():
+    settings, notes = resume.merge(found.record, given(args, run_settings(args) + resume.RESUMED_SETTINGS),
+                                   where=where)
+    for name, value in settings.items():
         setattr(args, name, value)
     writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     return directory, found, notes
@@ -59,11 +100,10 @@ def checkpoint_plan(args):
 
 def cmd_train(args) -> int:
     from rainier_jax.train import data as data_lib
-    from rainier_jax.parallel.layout import layout_warnings, parse_layout, place, validate_all
-    from rainier_jax.spec.precision import check_compatible
+    from rainier_jax.parallel.experiment import resolve
     from rainier_jax.train.metrics import MetricsLog
     from rainier_jax.hardware.topology import load_topology
-    from rainier_jax.spec.model import ModelConfig, load_model, require_trainable
+    from rainier_jax.spec.model import load_model, require_trainable
 
     from rainier_jax.dist import cluster as cluster_lib
 
@@ -73,23 +113,20 @@ def cmd_train(args) -> int:
     topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
     cluster_lib.check_topology(cluster, topo)
     if found is not None and args.model is None:
-        model = ModelConfig(**found.meta["model"])
+        model = found.record.experiment.model
     else:
         model = load_model(args.model or DEFAULT_MODEL)
     require_trainable(model)
-    layout = parse_layout(args.parallel, topo.num_ranks)
-    run = run_config(args, base=found.meta["run"] if found is not None else None)
-    validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                 virtual_stages=run.virtual_stages,
-                 defaulted=defaulted(args, found.meta["run"] if found is not None else None))
-    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches)
-    placement = place(layout, topo)
+    saved_run = dataclasses.asdict(found.record.experiment.run) if found is not None else None
+    experiment = resolve(topo, model, args.parallel, run_config(args, base=saved_run),
+                         defaulted=defaulted(args, saved_run))
+    layout, run = experiment.layout, experiment.run
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     start = 0
     if found is not None:
         from rainier_jax.train.checkpoint import record as resume
-        resume.check_model(found.meta, dataclasses.asdict(model), args.model, str(found.path))
-        resume.check_corpus(found.meta, args.data, corpus.source, corpus.sha256, str(found.path))
+        resume.check_model(found.record, model, args.model, str(found.path))
+        resume.check_corpus(found.record, args.data, corpus.source, corpus.sha256, str(found.path))
         start = found.step
         if start >= run.steps:
             print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
@@ -98,9 +135,8 @@ def cmd_train(args) -> int:
     # After the resume checks: a model the checkpoint refuses is named as such first.
     from rainier_jax.perf import host_memory
     here, share = host_memory.processes_on_this_host(cluster)
-    host_memory.check([host_memory.need(model, topo, layout, run, what=f"layout {layout}",
-                                        ranks=round(layout.size * share))],
-                      subject=f"--model {model.name} on {topo.name}", processes_here=here,
+    host_memory.check([host_memory.need(experiment, what=f"layout {layout}", ranks=round(layout.size * share))],
+                      subject=f"{setting('model')} {model.name} on {topo.name}", processes_here=here,
                       hint=host_memory.hint_for(layout))
     checking = check_only()
     if args.metrics and checking:
@@ -112,35 +148,34 @@ def cmd_train(args) -> int:
                if args.metrics and cluster.primary else None)
 
     if cluster.primary:
-        for w in layout_warnings(layout, topo, placement):
+        for w in experiment.warnings():
             print(w, file=sys.stderr)
         for note in corpus.notes:  # e.g. a --data file that looks binary (load_corpus never prints)
-            print(note, file=sys.stderr)
+            print(shown(note, args), file=sys.stderr)
     saver = None
     if ckpt_dir is not None:
         from rainier_jax.train.checkpoint import record as resume
         from rainier_jax.train.checkpoint.session import SavePlan
-        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or 3, found=found,
-                         notes=notes if cluster.primary else [], primary=cluster.primary,
+        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or DEFAULT_KEEP, found=found,
+                         warn=lambda text: print(f"rainier: {shown(text, args)}", file=sys.stderr),
+                         notes=[shown(n, args) for n in notes] if cluster.primary else [], primary=cluster.primary,
                          record=resume.run_record(
-                             mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH), lnc=topo.lnc,
-                             layout=",".join(f"{a}={n}" for a, n in layout.axis_sizes().items()),
-                             model=dataclasses.asdict(model), run=dataclasses.asdict(run),
+                             experiment, mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH),
                              data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
                              corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
-                             keep=args.keep or 3))
+                             keep=args.keep or DEFAULT_KEEP))
     start_jax(topo.num_ranks, cluster, topo)
-    return _run_training(topo, model, layout, placement, run, corpus, metrics, saver, cluster)
+    return _run_training(experiment, corpus, metrics, saver, cluster, args)
 
 
-def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=None, cluster=None) -> int:
+def _run_training(experiment, corpus, metrics, saver=None, cluster=None, args=None) -> int:
     from rainier_jax.dist import cluster as cluster_lib
-    from rainier_jax.parallel.layout import axis_links, describe_links
+    from rainier_jax.parallel.placement import axis_links, describe_links
     from rainier_jax.train.metrics import Progress, summary
-    from rainier_jax.train.loop import StopRun, build_program, local_value, mesh_on_ranks, train
+    from rainier_jax.train.loop import StopRun, build_program, local_value, train
 
     cluster = cluster or cluster_lib.SINGLE
-    mesh = mesh_on_ranks(layout, placement)
+    topo, model, layout, run = experiment.topology, experiment.model, experiment.layout, experiment.run
     if cluster.num_processes > 1:
         ranks = cluster_lib.local_ranks(cluster, topo)
         print(f"process {cluster.process_id} of {cluster.num_processes}: ranks {ranks.start}–{ranks.stop - 1}",
@@ -148,7 +183,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     # Processes other than 0 train in silence (errors still reach stderr).
     say = print if cluster.primary else _quiet
     say(f"mesh {topo.name}: {topo.num_ranks} ranks; layout {layout}")
-    for al in axis_links(layout, topo, placement):
+    for al in axis_links(layout, topo, experiment.placement):
         say(f"  {describe_links(al)}")
     say(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
@@ -157,9 +192,8 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
           + (f"; ZeRO-1: optimizer state split over dp={layout.dp}" if run.zero1 and layout.dp > 1 else ""))
     if run.zero1 and layout.dp == 1:
         say("--zero1: the layout has dp=1, so there is nothing to split the optimizer state over", file=sys.stderr)
-    if layout.pp > 1 or run.microbatches > 1:
-        from rainier_jax.parallel.schedules import build_schedule
-        pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+    if experiment.pipelined:
+        pipe = experiment.schedule
         say(f"pipeline: {run.schedule}, pp={layout.pp}, {run.microbatches} microbatches per replica"
               + (f", {run.virtual_stages} virtual stages" if run.virtual_stages > 1 else "")
               + f"; bubble {pipe.bubble():.3f}; peak in-flight per stage {pipe.peak_in_flight()}")
@@ -170,12 +204,11 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
 
     t0 = time.perf_counter()
     if saver is not None:
-        import logging
-
         from rainier_jax.train.checkpoint.session import CheckpointSession
-        # orbax logs a failed background write at ERROR before raising it to the loop; the run
-        # reports it itself, in one line.
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        from rainier_jax.train.checkpoint.store import quiet_orbax_logging
+        # orbax logs every save at INFO/WARNING and a failed background write at ERROR before
+        # raising it to the loop; the run reports both itself, in one line each.
+        quiet_orbax_logging()
         _quiet_orbax_teardown()
         session = CheckpointSession(saver)
     else:
@@ -183,7 +216,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
     halted = None     # a StopRun: why the run ended early, for the one line on stderr
     save_failed = False
     try:
-        program = build_program(model, layout, mesh, run)
+        program = build_program(experiment)
         say(f"compiled in {program.compile_seconds:.1f} s", flush=True)
         state = session.restore(program) if session is not None else None
         start = 0 if state is None else int(local_value(state.step))
@@ -203,7 +236,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
                 session.save(step, state)
             except Exception as e:  # noqa: BLE001 — orbax reports a failed write in many types
                 save_failed = True
-                raise StopRun(_save_failure(e, session, also=step)) from None
+                raise StopRun(_save_failure(e, session, args, also=step)) from None
 
         try:
             state = train(program, corpus, on_step=on_step, state=state,
@@ -223,7 +256,7 @@ def _run_training(topo, model, layout, placement, run, corpus, metrics, saver=No
                 session.close()   # waits for every save in flight to commit
             except Exception as e:  # noqa: BLE001 — the last save failed in orbax's background thread
                 save_failed = True
-                halted = halted or StopRun(_save_failure(e, session))
+                halted = halted or StopRun(_save_failure(e, session, args))
     if halted is not None:
         return _halt(halted, session, save_failed, cluster)
     say(summary(progress.records, compile_seconds=program.compile_seconds,
@@ -256,12 +289,12 @@ def _quiet_orbax_teardown() -> None:
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
-def _save_failure(e: Exception, session, also: int | None = None) -> str:
+def _save_failure(e: Exception, session, args, also: int | None = None) -> str:
     """One line for a failed checkpoint write; a full disk is named as such. Saves run in the
     background, so the error may belong to an earlier save than the one being started (`also`):
     the failed step is the oldest started save that never committed."""
     if isinstance(e, ConfigError):   # e.g. a step folder that appeared during the run: says it all
-        return str(e)
+        return shown(e.raw, args)
     started = session.checkpointer.saved + ([also] if also is not None else [])
     lost = [s for s in started if not (session.directory / str(s)).is_dir()]
     step = lost[0] if lost else also

@@ -16,11 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rainier_jax.config.errors import ConfigError, setting as marked
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the key/flag and the fix."""
 
 
 def _type_name(tp: Any) -> str:
@@ -46,7 +44,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _convert(value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e.raw)
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -186,16 +184,17 @@ def builtin_names(kind: str) -> list[str]:
     return sorted(p.stem for p in builtin_dir(kind).glob("*.toml"))
 
 
-def resolve_named_file(name_or_path: str, kind: str, flag: str) -> Path:
-    """A built-in name (`trn2-mini-8`) or a path to a TOML file, else a one-line error."""
+def resolve_named_file(name_or_path: str, kind: str, setting: str) -> Path:
+    """A built-in name (`trn2-mini-8`) or a path to a TOML file, else a one-line error naming
+    `setting` (e.g. "mesh", "model")."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or "/" in name_or_path:
         if not p.is_file():
-            raise ConfigError(f"{flag} {name_or_path}: no such file")
+            raise ConfigError(f"{marked(setting)} {name_or_path}: no such file")
         return p
     candidate = builtin_dir(kind) / f"{name_or_path}.toml"
     if candidate.is_file():
         return candidate
     noun = {"meshes": "mesh", "models": "model"}.get(kind, kind)
-    raise ConfigError(f"{flag} {name_or_path}: unknown {noun} name "
+    raise ConfigError(f"{marked(setting)} {name_or_path}: unknown {noun} name "
                       f"(built-in: {', '.join(builtin_names(kind))}; or give a path to a .toml file)")

@@ -1,7 +1,11 @@
 """The checks every user-given number goes through, one function per kind of value: a bounded
-integer, a finite float, a product of sizes. Flags, TOML keys and config.json fields all call
-these, so a value beyond what the program can hold is refused in one line naming the setting —
+integer, a finite float, a product of sizes. Run settings, TOML keys and config.json fields all
+call these, so a value beyond what the program can hold is refused in one line naming the setting —
 not by an overflow after compiling, an XLA abort, or an error message too big to print.
+
+Each check takes `name` as the message should show it: a setting marked with
+`errors.setting("batch")` (a front end spells it, e.g. as the flag `--batch`), or a file key
+written out (`rope_theta =`, `mesh.instances`), which stays as written.
 
 No JAX here (the CLI validates before JAX starts).
 """
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 
 # The step counter, token ids and batch indices are int32 in the compiled program; seeds feed a
 # uint32 hash through an int32 array (numerics.random_bits).

@@ -31,7 +31,7 @@ import re
 import sys
 
 from rainier_jax.dist import stopping
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 SCHEDULERS = (("SLURM_NTASKS", "SLURM_PROCID"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"))
@@ -101,11 +101,12 @@ def from_env(environ=None) -> Cluster:
     return Cluster(coordinator, n, k, source)
 
 
-def check_topology(cluster: Cluster, topo, *, flag: str | None = None) -> None:
-    """Every process must own whole instances of the mesh."""
+def check_topology(cluster: Cluster, topo, *, subject: str | None = None) -> None:
+    """Every process must own whole instances of the mesh. `subject` leads the message in place of
+    "N processes (from SOURCE)", e.g. a marked setting and its value."""
     instances = topo.instances * topo.nodes
     if instances % cluster.num_processes:
-        what = flag or f"{cluster.num_processes} processes (from {cluster.source})"
+        what = subject or f"{cluster.num_processes} processes (from {cluster.source})"
         options = [d for d in range(1, instances + 1) if instances % d == 0]
         raise ConfigError(f"{what}: {cluster.num_processes} processes cannot each own whole instances of "
                           f"{topo.name} ({instances} instances); use {', '.join(map(str, options))} processes")

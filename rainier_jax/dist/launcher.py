@@ -1,11 +1,11 @@
-"""`rainier launch --processes N -- train|parity …`: N local processes on one multi-controller JAX
-runtime, each owning mesh-instances/N emulated instances (rainier_jax/dist/cluster.py).
+"""N local processes on one multi-controller JAX runtime, each owning mesh-instances/N emulated
+instances (rainier_jax/dist/cluster.py): starting them, relaying their output, ending them all when
+one fails. The `rainier launch` command (rainier_jax/cli/launch.py) checks the launch and the
+command it wraps, then calls `run`; this module knows nothing of flags or parsers.
 
-The launcher validates the command before starting anything, picks a free coordinator port on
-127.0.0.1 (or checks the one given), starts the processes with `JAX_COORDINATOR_ADDRESS`,
+`run` starts each process as `python -m rainier_jax.cli COMMAND…` with `JAX_COORDINATOR_ADDRESS`,
 `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, and relays their output with a `[pK] ` prefix on every
-line (gloo's one-line "connected to N peer ranks" notices are dropped). Process 0 draws the
-progress bar when the launcher's terminal would show one.
+line (gloo's one-line "connected to N peer ranks" notices are dropped).
 
 The launcher itself runs JAX's coordination service. In process 0 — where JAX puts it — its death
 would make JAX abort every other process at once (SIGABRT and a C++ stack trace).
@@ -32,11 +32,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 
 GRACE_S = 10.0
-COMMANDS = ("train", "parity")
 # gloo's C++ threads print these notices concurrently, so pieces of two can share a line.
 _GLOO_NOTICE = re.compile(rb"^\[Gloo\] Rank|connected peer ranks is")
 
@@ -48,14 +48,15 @@ def free_port() -> int:
 
 
 def check_port(port: int) -> None:
+    """The coordinator port `port` is valid and free on 127.0.0.1 (the setting `port`)."""
     if not 0 < port < 65536:
-        raise ConfigError(f"--port {port}: must be 1 … 65535 (or leave it out to pick a free one)")
+        raise ConfigError(f"{setting('port')} {port}: must be 1 … 65535 (or leave it out to pick a free one)")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            raise ConfigError(f"--port {port}: already in use on 127.0.0.1; choose another, or leave --port "
-                              "out to pick a free one") from None
+            raise ConfigError(f"{setting('port')} {port}: already in use on 127.0.0.1; choose another, or leave "
+                              f"{setting('port')} out to pick a free one") from None
 
 
 class _Relay(threading.Thread):
@@ -120,8 +121,11 @@ def _start_service(port: int, processes: int):
                                                 shutdown_timeout=SHUTDOWN_S)
 
 
-def run(processes: int, command: list[str], port: int) -> int:
-    """Start the processes, relay their output, end them all if one fails; the exit code."""
+def run(processes: int, command: list[str], port: int, *, first_env: Mapping[str, str] | None = None) -> int:
+    """Run `rainier COMMAND…` as `processes` processes joined through 127.0.0.1:`port`: start
+    them, relay their output, end them all if one fails; returns the launch's exit code.
+    `first_env`: extra environment variables for process 0 only (the one that draws progress).
+    A coordination service that cannot start is a ConfigError naming the setting `port`."""
     import tempfile
 
     from rainier_jax.dist.cluster import SERVICE_ENV
@@ -134,7 +138,7 @@ def run(processes: int, command: list[str], port: int) -> int:
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):   # the launcher decides the process count here
         env.pop(var, None)
     try:
-        return _run(processes, command, port, env, note)
+        return _run(processes, command, port, env, note, dict(first_env or {}))
     finally:
         for path in (note, note + ".tmp"):
             try:
@@ -143,16 +147,12 @@ def run(processes: int, command: list[str], port: int) -> int:
                 pass
 
 
-def _run(processes: int, command: list[str], port: int, env: dict, note: str) -> int:
-    bar = sys.stderr.isatty() and not os.environ.get("CI")
+def _run(processes: int, command: list[str], port: int, env: dict, note: str, first_env: dict) -> int:
     children: list[subprocess.Popen] = []
     lock = threading.Lock()
     relays = []
     for k in range(processes):
-        child_env = dict(env, JAX_PROCESS_ID=str(k))
-        if k == 0 and bar:
-            from rainier_jax.train.metrics import BAR_ENV
-            child_env[BAR_ENV] = "1"
+        child_env = dict(env, JAX_PROCESS_ID=str(k), **(first_env if k == 0 else {}))
         children.append(subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                          preexec_fn=_die_with_parent))
@@ -163,9 +163,13 @@ def _run(processes: int, command: list[str], port: int, env: dict, note: str) ->
     except Exception as e:  # noqa: BLE001 — the port was free a moment ago: one line, no traceback
         for p in children:
             p.kill()
+        for p in children:
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"launch: cannot start JAX's coordination service on 127.0.0.1:{port} ({first}); "
-                          "try again, or give another --port") from None
+        raise ConfigError(f"cannot start JAX's coordination service on 127.0.0.1:{port} ({first}); "
+                          f"try again, or give another {setting('port')}") from None
     for k, p in enumerate(children):
         for source, sink in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
             relay = _Relay(k, source, sink, lock)
@@ -254,44 +258,3 @@ def _say(text: str, lock: threading.Lock) -> None:
     with lock:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
-
-
-def cmd_launch(args) -> int:
-    """Validate the launch and the command it wraps (one line, exit 2, nothing started), then run."""
-    from pathlib import Path
-
-    from rainier_jax.dist import cluster as cluster_lib
-    from rainier_jax.cli.common import DEFAULT_MESH
-    from rainier_jax.hardware.topology import load_topology
-
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise ConfigError("launch: give the command to run after --, e.g. rainier launch --processes 2 -- train")
-    if command[0] not in COMMANDS:
-        raise ConfigError(f"launch: cannot launch '{command[0]}' (choose {' or '.join(COMMANDS)})")
-    if args.processes < 1:
-        raise ConfigError(f"--processes {args.processes}: must be at least 1")
-    from rainier_jax.cli.main import build_parser
-    inner = build_parser().parse_args(command)   # the command's own bad input, before any process starts
-    mesh, lnc = inner.mesh, inner.lnc
-    if command[0] == "train" and inner.resume and mesh is None and inner.checkpoint_dir:
-        from rainier_jax.train.checkpoint import record
-        meta = record.newest_intact(Path(inner.checkpoint_dir)).meta
-        mesh, lnc = meta["mesh"], lnc or meta.get("lnc")
-    topo = load_topology(mesh or DEFAULT_MESH, lnc=lnc)
-    cluster_lib.check_topology(cluster_lib.Cluster(None, args.processes, 0, "--processes"), topo,
-                               flag=f"--processes {args.processes}")
-    if args.port is not None:
-        check_port(args.port)
-    port = args.port or free_port()
-    # A dry run of the command as process 0 sees it: bad input is reported once, not N times.
-    from rainier_jax.cli.common import CHECK_ONLY_ENV
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(args.processes),
-               JAX_PROCESS_ID="0", **{CHECK_ONLY_ENV: "1"})
-    dry = subprocess.run([sys.executable, "-m", "rainier_jax.cli", *command], env=env, capture_output=True, text=True)
-    if dry.returncode != 0:
-        sys.stderr.write(dry.stderr)
-        return dry.returncode
-    return run(args.processes, command, port)

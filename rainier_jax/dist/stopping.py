@@ -48,7 +48,7 @@ LAUNCHER_WAIT_S = 3.0
 # leave truncated: jax's persistent compile cache never rewrites an entry it finds, and a
 # metrics line cut in half would be read back by --resume.
 _WRITERS = ((os.path.join("jax", "_src", "compiler.py"), "_cache_write"),
-            (os.path.join("rainier_jax", "train/metrics.py"), "MetricsLog.write"))
+            (os.path.join("rainier_jax", "train", "metrics.py"), "MetricsLog.write"))
 
 _current: Stopping | None = None
 
@@ -68,7 +68,7 @@ def launcher_failure() -> str | None:
 
 class StopFlag(threading.Event):
     """The checkpoint session's "stop after this step" flag. The train loop asks `is_set()` at
-    every step boundary (cli_train passes it, through cluster.agreed, as `should_stop`), so the
+    every step boundary (cli/train.py passes it, through cluster.agreed, as `should_stop`), so the
     first question marks the end of the run's preparation: from then on a step may be running
     whose result is not on disk yet."""
 

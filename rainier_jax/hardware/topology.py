@@ -23,10 +23,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rainier_jax.config.typed import ConfigError, from_mapping, read_toml, resolve_named_file
+from rainier_jax.config.errors import ConfigError, setting as marked
+from rainier_jax.config.typed import from_mapping, read_toml, resolve_named_file
 from rainier_jax.config.values import bounded_int, show, size_product
 
-LINK_CLASSES = ("on_chip", "torus", "ring", "efa")
+LINK_CLASSES = ("on_chip", "torus", "ring", "efa")  # fastest to slowest: the order "slowest link" means
 # Peak-FLOP/s keys a mesh file may give; a closed set so that a typo ("bfloat16") is an error
 # rather than a dtype that silently has no figure.
 DTYPES = ("fp8", "bf16", "fp16", "tf32", "fp32")
@@ -284,14 +285,15 @@ class Topology:
 def _describe_options(options: list[int]) -> str:
     values = [str(n) for n in sorted(options)]
     if len(values) == 1:
-        return f"only --lnc {values[0]}"
-    return "--lnc " + ", ".join(values[:-1]) + " or " + values[-1]
+        return f"only {marked('lnc')} {values[0]}"
+    return f"{marked('lnc')} " + ", ".join(values[:-1]) + " or " + values[-1]
 
 
-def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--mesh") -> Topology:
+def load_topology(name_or_path: str, lnc: int | None = None, *, setting: str = "mesh") -> Topology:
     """Load a built-in mesh by name (`trn2-instance`) or a mesh TOML by path, at `lnc` (default:
-    the mesh's `default_lnc`). Bad input raises `ConfigError` with one line naming key and fix."""
-    path = resolve_named_file(name_or_path, "meshes", flag)
+    the mesh's `default_lnc`). Bad input raises `ConfigError` with one line naming key and fix;
+    `setting` names the mesh in messages about the name or path itself."""
+    path = resolve_named_file(name_or_path, "meshes", setting)
     data = read_toml(path)
     raw_links = data.get("links")
     missing = [c for c in LINK_CLASSES if isinstance(raw_links, dict) and c not in raw_links]
@@ -302,11 +304,11 @@ def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--m
         # where="" gives bare key paths ("chip.hbm_gib"); the file is prefixed once below.
         f = from_mapping(_MeshFile, data, where="")
     except ConfigError as e:
-        raise ConfigError(f"{path}: {str(e).removeprefix(': ')}") from None
+        raise ConfigError(f"{path}: {e.raw.removeprefix(': ')}") from None
     options = {int(k): n for k, n in f.ranks_per_chip.items()}
     chosen = f.default_lnc if lnc is None else lnc
     if chosen not in options:
-        raise ConfigError(f"--lnc {chosen}: {f.name} supports {_describe_options(list(options))}")
+        raise ConfigError(f"{marked('lnc')} {chosen}: {f.name} supports {_describe_options(list(options))}")
     links = {name: LinkClass(name, **dataclasses.asdict(getattr(f.links, name)))
              for name in LINK_CLASSES}
     return Topology(
@@ -325,10 +327,11 @@ def load_topology(name_or_path: str, lnc: int | None = None, *, flag: str = "--m
     )
 
 
-def with_nodes(topo: Topology, nodes: int, *, flag: str = "--nodes") -> Topology:
-    """`nodes` copies of `topo` joined by its `efa` link class."""
-    bounded_int(flag, nodes, want="at least 1")
-    check_ranks(flag, {flag: nodes, f"ranks of {topo.name}": topo.num_ranks})
+def with_nodes(topo: Topology, nodes: int, *, setting: str = "nodes") -> Topology:
+    """`nodes` copies of `topo` joined by its `efa` link class (`setting` names the count in messages)."""
+    name = marked(setting)
+    bounded_int(name, nodes, want="at least 1")
+    check_ranks(name, {name: nodes, f"ranks of {topo.name}": topo.num_ranks})
     if nodes == 1:
         return topo
     return dataclasses.replace(topo, name=f"{topo.name}×{nodes}", nodes=nodes,

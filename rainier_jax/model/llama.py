@@ -153,7 +153,7 @@ def embed(params: dict, tokens_BxT: jax.Array, constrain: Constrain, compute: Co
 #              the MLP's gate and up) and recompute the rest: the attention scores QKᵀ and their
 #              softmax — the T×T tensors — and the cheap elementwise work (norms, RoPE, SiLU)
 #   none       keep everything
-# (The names are run_config.REMAT.)
+# (The names are spec.run.REMAT.)
 _SELECTIVE = jax.checkpoint_policies.save_only_these_names(
     "q", "k", "v", "attention_output", "attention_residual", "mlp_gate", "mlp_up")
 

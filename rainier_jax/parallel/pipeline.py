@@ -42,8 +42,9 @@ from rainier_jax.model.llama import Constrain, cross_entropy, embed, head, run_l
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """The schedule as per-tick integer arrays `[ticks, P]`, plus buffer sizes."""
+class Buffers:
+    """Which stash and receive-buffer slot every op of a schedule uses: the schedule as per-tick
+    integer arrays `[ticks, P]`, plus the slot count of each buffer."""
     tables: dict[str, np.ndarray]
     stash_slots: int
     act_slots: int
@@ -56,7 +57,7 @@ def _allocate(free: list[int], used: list[int]) -> int:
     return slot
 
 
-def plan(s: Schedule) -> Plan:
+def plan(s: Schedule) -> Buffers:
     """Assign stash and receive-buffer slots to every op of `s` (a slot is reused once freed)."""
     G, T, P = s.num_chunks, s.ticks, s.P
     z = lambda: np.zeros((T, P), np.int32)  # noqa: E731
@@ -108,7 +109,7 @@ def plan(s: Schedule) -> Plan:
         for name, p, slot in releases:   # freed at the end of the tick that read them
             free[name][p].append(slot)
     biggest = {name: max(max(size[name][p], default=-1) for p in range(P)) + 1 for name in size}
-    return Plan(tab, max(biggest["stash"], 1), max(biggest["act"], 1), max(biggest["grad"], 1))
+    return Buffers(tab, max(biggest["stash"], 1), max(biggest["act"], 1), max(biggest["grad"], 1))
 
 
 def _where(on, new, old):

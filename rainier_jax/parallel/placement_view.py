@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rainier_jax.parallel.layout import AXES, ParallelLayout, axis_links, describe_links, layout_warnings
+from rainier_jax.parallel.layout import AXES, ParallelLayout
+from rainier_jax.parallel.placement import axis_links, describe_links, layout_warnings
 from rainier_jax.hardware.topology import Topology
 
 

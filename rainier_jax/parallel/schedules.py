@@ -25,7 +25,7 @@ from enum import Enum
 
 import numpy as np
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 from rainier_jax.config.values import bounded_int, size_product
 
 IDLE = -1
@@ -230,40 +230,40 @@ def segments(s: Schedule) -> list[tuple[int, int, bool, bool]]:
 MAX_SCHEDULE_CELLS = 2**18
 
 
-def _setting(flag: str, value: int, defaulted: frozenset[str]) -> str:
-    """`--microbatches 1`, or `--microbatches 1 (the default)` when the user did not give it, so
-    a message never blames a flag the user never typed without saying so."""
-    return f"{flag} {value}" + (" (the default)" if flag.lstrip("-").replace("-", "_") in defaulted else "")
+def _given(name: str, value: int, defaulted: frozenset[str]) -> str:
+    """`microbatches 1`, or `microbatches 1 (the default)` when the user did not give it, so a
+    message never blames a setting the user never gave without saying so."""
+    return f"{setting(name)} {value}" + (" (the default)" if name in defaulted else "")
 
 
 def validate(kind: ScheduleKind, P: int, M: int, V: int, n_layers: int | None = None, *,
              defaulted: frozenset[str] = frozenset()) -> None:
-    """Bad pipeline settings → one line naming the flag and the fix. `defaulted` names the
-    settings (microbatches, virtual_stages, schedule) that hold their default value, not one
-    the user gave."""
-    mb, vs = _setting("--microbatches", M, defaulted), _setting("--virtual-stages", V, defaulted)
+    """Bad pipeline settings (pp, microbatches, virtual_stages) → one line naming the setting and
+    the fix. `defaulted` names the settings (microbatches, virtual_stages, schedule) that hold
+    their default value, not one the user gave."""
+    mb, vs = _given("microbatches", M, defaulted), _given("virtual_stages", V, defaulted)
     sched = kind.value + (" (the default schedule)" if "schedule" in defaulted else "")
-    bounded_int("--pp", P, want="a positive number of stages")
-    bounded_int("--microbatches", M, want="a positive number")
-    bounded_int("--virtual-stages", V, want="a positive number")
+    bounded_int(setting("pp"), P, want="a positive number of stages")
+    bounded_int(setting("microbatches"), M, want="a positive number")
+    bounded_int(setting("virtual_stages"), V, want="a positive number")
     size_product("pipeline schedule", {"pp": P, "(virtual stages × microbatches + pp)": V * M + P},
                  limit=MAX_SCHEDULE_CELLS, why="the schedule table's devices × ticks; larger tables take minutes")
     if kind is ScheduleKind.INTERLEAVED:
         if V < 2:
             raise ConfigError(f"{vs}: the interleaved schedule needs at least 2 "
-                              "virtual stages per device (e.g. --virtual-stages 2)")
+                              f"virtual stages per device (e.g. {setting('virtual_stages')} 2)")
         if M % P:
             raise ConfigError(f"{mb}: the interleaved schedule runs microbatches in groups "
                               f"of pp={P}; use a multiple of {P}")
     elif V != 1:
         raise ConfigError(f"{vs}: only the interleaved schedule uses virtual stages "
-                          f"(use --schedule interleaved, or --virtual-stages 1)")
+                          f"(use {setting('schedule')} interleaved, or {setting('virtual_stages')} 1)")
     if kind is not ScheduleKind.GPIPE and M < P:
         raise ConfigError(f"{mb}: {sched} needs at least as many microbatches as "
-                          f"stages (pp={P}); use --microbatches {P} or more"
-                          + (", or --schedule gpipe" if "schedule" in defaulted else ""))
+                          f"stages (pp={P}); use {setting('microbatches')} {P} or more"
+                          + (f", or {setting('schedule')} gpipe" if "schedule" in defaulted else ""))
     if n_layers is not None and n_layers % (P * V):
-        raise ConfigError(f"--pp {P}: the model's {n_layers} layers do not split into pp×virtual stages = "
+        raise ConfigError(f"{setting('pp')} {P}: the model's {n_layers} layers do not split into pp×virtual stages = "
                           f"{P * V} equal chunks; choose pp×V dividing {n_layers}")
 
 

@@ -1,6 +1,6 @@
 """Logical axis names → mesh PartitionSpecs: one table for parameters, one for activations.
 
-The model names logical axes only (`transformer.param_axes` and its `constrain` calls); this is the
+The model names logical axes only (`spec.model.param_axes`, and `model.llama`'s `constrain` calls); this is the
 single place that decides which mesh axis splits which logical dimension. Parameters and
 activations get separate rules because FSDP splits a parameter's `embed` dimension at rest but the
 computation needs it whole (GSPMD inserts the all-gather), while the batch is split over both data

@@ -47,7 +47,7 @@ FREE_LOSS_RTOL = 1e-3
 
 
 # Low-precision bound (docs/PRECISION.md): roundings per block on a forward or backward path,
-# counted in transformer.block (norm output, q/k/v, rope, probabilities, attention output, its
+# counted in model.llama.block (norm output, q/k/v, rope, probabilities, attention output, its
 # projection, the MLP's gate·up product and down projection), and the margin in standard deviations.
 ROUNDINGS_PER_BLOCK = 8
 LOWP_MARGIN = 4.0

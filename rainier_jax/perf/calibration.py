@@ -1,13 +1,13 @@
 """Efficiency constants of the performance model, per chip generation — few, derived, documented.
 
 * `links` — the fraction of a link's one-direction bandwidth a large collective achieves. From
-  AWS's *measured* nccom-test output (TRAINIUM_FACTS.md): a 16-rank all-reduce of 512 MiB reaches a
+  AWS's *measured* nccom-test output (Neuron SDK documentation): a 16-rank all-reduce of 512 MiB reaches a
   bus bandwidth of 103.89 GB/s on trn2, where one direction of a NeuronLink-v3 torus link is
   128 GB/s (meshes/trn2-instance.toml): 103.89 / 128 = 0.81. Trainium1 has no published
   measurement; the same fraction is assumed.
 * `compute` — the fraction of peak matmul FLOP/s a training step sustains, which also absorbs the
   non-matmul work (norms, softmax, optimizer) the model does not count. Derived from ONE published
-  run, `llama2-7b` on 16 trn1 nodes (docs/reference/published_trn1_training.csv): the value for
+  run, `llama2-7b` on 16 trn1 nodes (rainier_jax/reference/published_trn1_training.csv): the value for
   which the `nxd` model's step time equals the published one (`derive_compute`). The other
   published row is not used: it validates. Trainium2 has no published training throughput with a
   layout, so the Trainium1 value is assumed for it (docs/PERFMODEL.md says what that means).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ the reduce-scatter input), α the class latency and B the bandwidth per rank:
     ring          all-reduce 2(n−1)(α + S/(n·R·B));  all-gather, reduce-scatter (n−1)(α + S/(n·R·B)),
                   R the ring's bandwidth multiplier: a ring of ≥ 2 chips runs both directions (half the
                   buffer each way: ×2), and a group whose chips make up a whole X×Y torus (X, Y ≥ 3)
-                  runs two edge-disjoint Hamiltonian cycles ("KangaRing", TRAINIUM_FACTS.md: ×2 more),
+                  runs two edge-disjoint Hamiltonian cycles ("KangaRing" in the Neuron runtime documentation: ×2 more),
                   so every link direction of a chip carries traffic; a group inside one chip, or one
                   crossing EFA (a node's sends to both neighbours leave through the same NICs): R = 1
     rdh           recursive halving/doubling (n a power of two): log2 n steps; step k talks to the
@@ -27,7 +27,7 @@ the reduce-scatter input), α the class latency and B the bandwidth per rank:
     permute       point to point: α·hops + S/B
 
 The cheapest applicable algorithm is taken, as the Neuron runtime picks by size (mesh for small
-messages, RDH in between, ring for large: TRAINIUM_FACTS.md). No JAX here.
+messages, RDH in between, ring for large: the Neuron runtime documentation). No JAX here.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ import dataclasses
 import functools
 import math
 
-from rainier_jax.parallel.layout import LINK_ORDER
-from rainier_jax.hardware.topology import LinkClass, Topology
+from rainier_jax.hardware.topology import LINK_CLASSES, LinkClass, Topology
 
+# The collectives the performance model prices and reads from compiled programs, named as XLA's
+# HLO opcodes name them.
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
@@ -59,7 +60,7 @@ def group_link(topo: Topology, group: list[int]) -> LinkClass:
     classes = [topo.link(a, b).cls for a, b in pairs if a != b]
     if not classes:
         raise ValueError(f"group {group}: needs two distinct ranks")
-    return max(classes, key=lambda c: LINK_ORDER.index(c.name))
+    return max(classes, key=lambda c: LINK_CLASSES.index(c.name))
 
 
 def _hops(topo: Topology, a: int, b: int) -> int:
@@ -193,3 +194,16 @@ def price(topo: Topology, kind: str, nbytes: float, group: list[int], *, groups:
     options = _options(g, kind, float(nbytes), efficiency)
     algorithm = min(options, key=options.get)
     return Priced(kind, g.n, int(nbytes), g.cls.name, algorithm, options[algorithm])
+
+
+def bytes_by(items, *, above: int = 0, axes=None) -> dict[tuple, int]:
+    """(kind, axes) → bytes per rank per step (Σ runs · nbytes) of collectives that each give their
+    `kind`, `axes`, `runs` and `nbytes`: the analytic model's (`traffic.Comm`) or the compiled
+    step's (`compiled.AxisCollective`). Collectives of `above` bytes or fewer are left out;
+    `axes(c)`, when given, stands for a collective's axes in the key."""
+    out: dict[tuple, int] = {}
+    for c in items:
+        if c.nbytes > above:
+            key = (c.kind, tuple(c.axes) if axes is None else axes(c))
+            out[key] = out.get(key, 0) + c.runs * c.nbytes
+    return out

@@ -20,23 +20,23 @@ import contextlib
 import dataclasses
 import itertools
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from rainier_jax.perf import collectives as comm
 from rainier_jax.perf import hlo
-from rainier_jax.config.typed import ConfigError
-from rainier_jax.parallel.layout import AXES, ParallelLayout, axis_groups, place, validate_all
+from rainier_jax.config.errors import ConfigError, setting
+from rainier_jax.parallel.experiment import Experiment
+from rainier_jax.parallel.layout import AXES, ParallelLayout
+from rainier_jax.parallel.placement import axis_groups
 from rainier_jax.spec.model import ModelConfig, require_trainable
-from rainier_jax.spec.run import RunConfig
 from rainier_jax.hardware.topology import Topology
 
 MAX_DEVICES = 2048   # one process's CPU backend limit (JAX_NOTES)
 
 # The dump that holds the partitioner's output (a `before`/`after` pair per pass run).
 _SPMD_PASS = "spmd-partitioning"
-
 
 @dataclasses.dataclass(frozen=True)
 class AxisCollective:
@@ -74,10 +74,7 @@ class CompiledProfile:
     def bytes_by(self) -> dict[tuple[str, tuple[str, ...]], int]:
         """(kind, axes) → bytes per rank per step (Σ runs · nbytes). Partial collectives count
         under the axes that contain them: they use those axes' links."""
-        out: dict[tuple[str, tuple[str, ...]], int] = defaultdict(int)
-        for c in self.collectives:
-            out[(c.kind, c.axes)] += c.runs * c.nbytes
-        return dict(out)
+        return comm.bytes_by(self.collectives)
 
 
 # --- checks that need no JAX --------------------------------------------------------------------
@@ -87,12 +84,14 @@ def check_compilable(model: ModelConfig, topo: Topology, layout: ParallelLayout)
     by the usual validation (`layout.validate_all`, `layout.place`)."""
     del layout  # every validated layout of a compilable mesh compiles
     if topo.num_ranks > MAX_DEVICES:
-        raise ConfigError(f"--compiled: {topo.num_ranks:,} ranks exceed the {MAX_DEVICES:,} CPU devices one "
-                          "process can hold; drop --compiled (the analytic model covers it) or use fewer --nodes")
+        raise ConfigError(f"{setting('compiled')}: {topo.num_ranks:,} ranks exceed the {MAX_DEVICES:,} CPU "
+                          f"devices one process can hold; drop {setting('compiled')} (the analytic model covers "
+                          f"it) or use fewer {setting('nodes')}")
     try:
         require_trainable(model)
     except ConfigError as e:
-        raise ConfigError(f"--compiled: {e}; drop --compiled (the analytic model covers it)") from None
+        raise ConfigError(f"{setting('compiled')}: {e.raw}; drop {setting('compiled')} "
+                          "(the analytic model covers it)") from None
 
 
 # --- naming groups by axes ----------------------------------------------------------------------
@@ -198,26 +197,24 @@ def _require_devices(n: int) -> None:
     import jax
     devices = jax.devices()
     if len(devices) != n or devices[0].platform != "cpu":
-        raise ConfigError(f"--compiled: the mesh has {n:,} ranks but JAX has {len(devices)} "
+        raise ConfigError(f"{setting('compiled')}: the mesh has {n:,} ranks but JAX has {len(devices)} "
                           f"{devices[0].platform} devices; start JAX with jax_num_cpu_devices={n} "
                           "(run in a fresh process)")
 
 
-def profile_step(model: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig) -> CompiledProfile:
-    """Compile the train step of `model` under `layout` on `topo` (emulated rank r = CPU device r)
-    and read its memory, dot FLOPs and collectives. JAX must already have `topo.num_ranks` CPU
+def profile_step(experiment: Experiment) -> CompiledProfile:
+    """Compile the train step of `experiment` (emulated rank r = CPU device r) and read its
+    memory, dot FLOPs and collectives. JAX must already have the topology's rank count of CPU
     devices."""
-    from rainier_jax.train.loop import build_program, mesh_on_ranks
+    from rainier_jax.train.loop import build_program
 
-    check_compilable(model, topo, layout)
-    validate_all(layout, model, batch=run.batch, schedule=run.schedule, microbatches=run.microbatches,
-                 virtual_stages=run.virtual_stages)
+    topo, placement = experiment.topology, experiment.placement
+    check_compilable(experiment.model, topo, experiment.layout)
     _require_devices(topo.num_ranks)
-    placement = place(layout, topo)
-    mesh = mesh_on_ranks(layout, placement)
+    mesh = experiment.mesh
     with tempfile.TemporaryDirectory(prefix="rainier-hlo-") as tmp, _without_persistent_cache():
         dump = {"xla_dump_to": tmp, "xla_dump_hlo_pass_re": _SPMD_PASS}
-        program = build_program(model, layout, mesh, run, compiler_options=dump, with_eval=False)
+        program = build_program(experiment, compiler_options=dump, with_eval=False)
         partitioned = hlo.parse_module(_after_spmd_text(Path(tmp)))
     step = program.step
     mem = step.memory_analysis()

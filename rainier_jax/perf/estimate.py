@@ -27,14 +27,15 @@ import dataclasses
 
 from rainier_jax.perf import calibration
 from rainier_jax.perf import flops
+from rainier_jax.parallel.experiment import Experiment
 from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.perf.state_bytes import state_bytes_per_rank
 from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
-from rainier_jax.parallel.schedules import build_schedule
 from rainier_jax.hardware.topology import Topology
-from rainier_jax.perf.traffic import BYTES, Comm, collectives, executor_ticks, kv_split
+from rainier_jax.perf.traffic import FP32_BYTES, Comm, executor_ticks, kv_split, step_comms
+from rainier_jax.spec.dtypes import itemsize
 
 RECIPES = ("nxd", "rainier")
 _DTYPE_KEY = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -177,11 +178,11 @@ def _memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunCo
     tp, T = layout.tp, run.seq
     mb = run.batch // (layout.data_size * run.microbatches)
     tok = mb * T
-    act = BYTES[policy.compute_dtype]
-    resid = act if recipe == "nxd" else 4           # rainier keeps the residual stream in fp32
+    act = itemsize(policy.compute_dtype)
+    resid = act if recipe == "nxd" else FP32_BYTES   # rainier keeps the residual stream in fp32
     g = G // tp if kv_split(cfg, tp) else G
     sp = tp if recipe == "nxd" else 1               # sequence parallelism splits [T, D] tensors
-    scores = 0 if recipe == "nxd" else 2 * (H // tp) * T * T * 4   # fp32 scores and probabilities
+    scores = 0 if recipe == "nxd" else 2 * (H // tp) * T * T * FP32_BYTES   # fp32 scores and probabilities
     # One layer's intermediates on one microbatch: normed inputs, q/k/v, attention output,
     # residual, gate/up/product, and (without flash attention) the scores.
     full_layer = tok * (2 * D * resid // sp + (H + 2 * g) * K // tp * act + H * K // tp * act
@@ -194,26 +195,24 @@ def _memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunCo
     activations = saved * layers_held * in_flight
     # Working set: one layer's intermediates and their gradients during its backward, plus the
     # fp32 logits and their gradient for the microbatch (vocabulary split over tp).
-    temporaries = 2 * full_layer + 2 * tok * (V // tp) * 4
+    temporaries = 2 * full_layer + 2 * tok * (V // tp) * FP32_BYTES
     return Memory(state["weights"], state["grads"], state["optimizer"], int(activations), int(temporaries),
                   topo.hbm_bytes_per_rank)
 
 
-def memory(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, *,
-           recipe: str = "nxd") -> Memory:
+def memory(experiment: Experiment, *, recipe: str = "nxd", topology: Topology | None = None) -> Memory:
     """HBM of the busiest rank: a pipeline's first stage holds the schedule's peak of microbatch-
-    chunks in flight (each 1/V of the stage's layers); otherwise one microbatch at a time."""
-    if layout.pp > 1:
-        schedule = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
-        in_flight = max(schedule.peak_in_flight()) / run.virtual_stages
-    else:
-        in_flight = 1
+    chunks in flight (each 1/V of the stage's layers); otherwise one microbatch at a time.
+    `topology` gives the HBM capacity of a single-device experiment (which has none)."""
+    cfg, layout, run = experiment.model, experiment.layout, experiment.run
+    topo = topology or experiment.topology
+    in_flight = max(experiment.schedule.peak_in_flight()) / run.virtual_stages if layout.pp > 1 else 1
     return _memory(cfg, topo, layout, run, run.policy, recipe, in_flight)
 
 
-def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, *,
-             recipe: str = "nxd") -> Estimate:
-    """The analytic estimate for a validated layout (layout.validate_all) on `topo`."""
+def estimate(experiment: Experiment, *, recipe: str = "nxd") -> Estimate:
+    """The analytic estimate of a resolved experiment (parallel/experiment.py)."""
+    cfg, topo, layout, run = experiment.model, experiment.topology, experiment.layout, experiment.run
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: one of {', '.join(RECIPES)}")
     if recipe == "rainier" and cfg.arch != "llama":
@@ -225,10 +224,9 @@ def estimate(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunC
     rows = run.batch // layout.data_size             # sequences one rank computes per step
     rank_flops = _rank_flops(cfg, layout, run, rows, recipe)
     compute_s = rank_flops / (peak * eff.compute)
-    bubble = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages).bubble() \
-        if layout.pp > 1 else 0.0
-    mem = memory(cfg, topo, layout, run, recipe=recipe)
-    comms = tuple(collectives(cfg, topo, layout, run, policy, recipe, eff.links))
+    bubble = experiment.schedule.bubble() if layout.pp > 1 else 0.0
+    mem = memory(experiment, recipe=recipe)
+    comms = tuple(step_comms(experiment, recipe, eff.links))
     # rainier's executor computes in its idle slots, so its FLOP count already holds the bubble.
     idle_computed = recipe == "rainier" and (layout.pp > 1 or run.microbatches > 1)
     step = compute_s / (1 if idle_computed else 1 - bubble) + sum(c.seconds for c in comms)

@@ -4,6 +4,7 @@ the compiled program (`--compiled`)."""
 from __future__ import annotations
 
 from rainier_jax.perf import planner
+from rainier_jax.perf.collectives import bytes_by
 from rainier_jax.perf.estimate import Estimate
 
 GiB = 2 ** 30
@@ -80,15 +81,7 @@ def discrepancies(profile, analytic: Estimate, *, tolerance: float = 0.01) -> li
     """Where the compiled program sends more bytes per (kind, axes), or holds more memory, than
     the analytic model of the same program expects. Scalars (≤ 8 bytes: the loss, norm partial
     sums) are left out: they cost latency, not bandwidth."""
-    compiled: dict = {}
-    for c in profile.collectives:
-        if c.nbytes > 8:
-            key = (c.kind, c.axes)
-            compiled[key] = compiled.get(key, 0) + c.runs * c.nbytes
-    expected: dict = {}
-    for c in analytic.comms:
-        key = (c.kind, c.axes)
-        expected[key] = expected.get(key, 0) + c.total_bytes
+    compiled, expected = bytes_by(profile.collectives, above=8), bytes_by(analytic.comms)
     out = []
     for key in sorted(set(compiled) | set(expected)):
         got, want = compiled.get(key, 0), expected.get(key, 0)
@@ -114,17 +107,8 @@ def render_compiled(profile, analytic: Estimate, main: Estimate) -> str:
              f"aliased {size(profile.alias_bytes)}); analytic {size(analytic.memory.total)}",
              f"  dot FLOPs per rank {profile.dot_flops:.3e}; analytic (rainier program) {analytic.rank_flops:.3e}",
              "  collective bytes per step by kind and axes (compiled | rainier model | " + main.recipe + " model):"]
-    compiled: dict = {}
-    for c in profile.collectives:
-        if c.nbytes > 8:
-            key = (c.kind, c.axes + (("partial",) if c.partial else ()))
-            compiled[key] = compiled.get(key, 0) + c.runs * c.nbytes
-    models = []
-    for e in (analytic, main):
-        d: dict = {}
-        for c in e.comms:
-            d[(c.kind, c.axes)] = d.get((c.kind, c.axes), 0) + c.total_bytes
-        models.append(d)
+    compiled = bytes_by(profile.collectives, above=8, axes=lambda c: c.axes + (("partial",) if c.partial else ()))
+    models = [bytes_by(e.comms) for e in (analytic, main)]
     for key in sorted(set(compiled) | set(models[0]) | set(models[1])):
         lines.append(f"    {key[0]:<18} {'×'.join(key[1]):<14} {size(compiled.get(key, 0)):>11} | "
                      f"{size(models[0].get(key, 0)):>11} | {size(models[1].get(key, 0)):>11}")
@@ -135,7 +119,7 @@ def render_compiled(profile, analytic: Estimate, main: Estimate) -> str:
     return "\n".join(lines)
 
 
-def render_plan(p: planner.Plan, top: int) -> str:
+def render_plan(p: planner.Ranking, top: int) -> str:
     if not p.ranked:
         return ""
     best = p.ranked[0]

@@ -8,7 +8,7 @@ Two counts, as the MFU convention needs:
   attention (scores and weighted values over the full T×T square, as PaLM's MFU formula counts
   them). The embedding lookup is a gather, not a matmul.
 * **hardware FLOPs** — what rainier's program executes: model FLOPs plus the forward recomputed by
-  activation rematerialisation (`transformer.run_layers`):
+  activation rematerialisation (`model.llama.run_layers`):
   - `full`: the block's forward minus its last matmul (the down projection): its output feeds
     only the residual sum, which the backward does not need, and XLA drops it;
   - `selective`: the attention scores QKᵀ (the weighted values PV are kept);

@@ -1,6 +1,6 @@
 """Read HLO text: computations, dot FLOPs with loop trip counts, and every collective.
 
-The compiled-program half of the performance model (issue #7) reads what XLA will actually run.
+The compiled-program half of the performance model reads what XLA will actually run.
 `cost_analysis()` counts a loop body once, so scanned layers would be undercounted by the layer
 count; here every computation gets a multiplicity — how often one execution of the entry runs it —
 from while-loop trip counts and call sites, and dot FLOPs and collectives are scaled by it.
@@ -23,10 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3": 1, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1,
-               "f8e5m2fnuz": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-               "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "token": 0}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+from rainier_jax.perf.collectives import KINDS
+from rainier_jax.spec.dtypes import HLO_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +34,7 @@ class Shape:
 
     @property
     def nbytes(self) -> int:
-        return DTYPE_BYTES[self.dtype] * math.prod(self.dims)
+        return HLO_BYTES[self.dtype] * math.prod(self.dims)
 
 
 _ARRAY = re.compile(r"([a-z][a-z0-9]*)\[([0-9,]*)\]")
@@ -46,7 +44,7 @@ def parse_shapes(text: str) -> list[Shape]:
     """Every array shape in a (possibly tuple) shape string, e.g. `(f32[2,3]{1,0}, bf16[4])`."""
     text = re.sub(r"/\*.*?\*/", "", text)
     return [Shape(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _ARRAY.findall(text)
-            if d in DTYPE_BYTES]
+            if d in HLO_BYTES]
 
 
 @dataclasses.dataclass
@@ -272,7 +270,7 @@ def source_target_pairs(attrs: str) -> list[tuple[int, int]]:
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
-    kind: str                      # one of COLLECTIVES
+    kind: str                      # one of collectives.KINDS
     name: str                      # the HLO instruction
     computation: str
     runs: int                      # executions per step (loop trip counts)
@@ -327,7 +325,7 @@ def collectives(module: Module, num_devices: int | None = None) -> list[Collecti
         users = None
         for instr in comp.instructions.values():
             kind = instr.opcode.removesuffix("-start")
-            if kind not in COLLECTIVES:
+            if kind not in KINDS:
                 continue
             operand_bytes = sum(comp.instructions[o].nbytes for o in instr.operands if o in comp.instructions)
             disguised = False

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 
 GiB = 2**30
 # The JAX runtime, XLA's compiler and the Python process around them (0.55 GiB measured for tiny).
@@ -50,19 +50,20 @@ def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def need(model, topo, layout, run, *, what: str, ranks: int | None = None) -> Need:
+def need(experiment, *, what: str, ranks: int | None = None, topology=None) -> Need:
     """Host bytes of one emulated program: `ranks` (default: all of the layout's) × the busiest
-    rank's bytes."""
+    rank's bytes (`topology` for a single-device experiment, which has none)."""
     from rainier_jax.perf.estimate import memory
-    per_rank = memory(model, topo, layout, run, recipe="rainier").total
-    return Need(what, layout.size if ranks is None else ranks, per_rank)
+    per_rank = memory(experiment, recipe="rainier", topology=topology).total
+    return Need(what, experiment.layout.size if ranks is None else ranks, per_rank)
 
 
 def check(needs: list[Need], *, subject: str, processes_here: int = 1, available: int | None = None,
-          hint: str = "use a smaller model (--model tiny) or fewer ranks") -> int:
+          hint: str = f"use a smaller model ({setting('model')} tiny) or fewer ranks") -> int:
     """Refuse (ConfigError, one line) when the programs of `needs`, run by `processes_here`
     processes on this host, need more than MemAvailable less MARGIN_BYTES. Returns the bytes
-    needed."""
+    needed. `subject` and `hint` go into the message as they are: settings in them are marked
+    (`config.errors.setting`), as `hint_for`'s are."""
     total = sum(n.total for n in needs) + processes_here * RUNTIME_BYTES
     free = available_bytes() if available is None else available
     if free is None or total <= free - MARGIN_BYTES:
@@ -78,9 +79,9 @@ def hint_for(layout) -> str:
     """What would shrink the run: a smaller model, or — when dp replicates the state — a layout
     that splits it."""
     if layout.dp > 1:
-        return (f"use a smaller model (--model tiny), or split the state over the ranks instead of "
+        return (f"use a smaller model ({setting('model')} tiny), or split the state over the ranks instead of "
                 f"replicating it (dp={layout.dp} holds {layout.dp} full copies; fsdp, tp and pp split it)")
-    return "use a smaller model (--model tiny) or a mesh with fewer ranks"
+    return f"use a smaller model ({setting('model')} tiny) or a mesh with fewer ranks"
 
 
 def processes_on_this_host(cluster) -> tuple[int, float]:

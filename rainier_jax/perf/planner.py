@@ -15,16 +15,18 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError
 from rainier_jax.perf.estimate import Estimate, estimate, memory
-from rainier_jax.parallel.layout import ParallelLayout, factorisations, layout_warnings, place, validate_all
+from rainier_jax.parallel.experiment import resolve
+from rainier_jax.parallel.layout import ParallelLayout, factorisations
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.run import REMAT, RunConfig
 from rainier_jax.hardware.topology import Topology
 
 
 @dataclasses.dataclass
-class Plan:
+class Ranking:
+    """What `plan` found: the candidates that fit, fastest first, and what it dropped."""
     ranked: list[Estimate]            # fitting candidates, fastest first
     considered: int                   # (layout, settings) pairs looked at
     dropped: Counter                  # reason → count
@@ -52,35 +54,32 @@ def _settings(layout: ParallelLayout, cfg: ModelConfig, batch: int, seq: int, pr
 
 
 def plan(cfg: ModelConfig, topo: Topology, *, batch: int, seq: int, precision: str,
-         recipe: str = "nxd") -> Plan:
+         recipe: str = "nxd") -> Ranking:
     ranked: list[Estimate] = []
     dropped: Counter = Counter()
     considered = 0
     for layout in factorisations(topo.num_ranks):
         try:
-            validate_all(layout, cfg, batch=batch, schedule="1f1b", microbatches=1 if layout.pp == 1 else layout.pp,
-                         virtual_stages=1)
-            placement = place(layout, topo)
+            base = resolve(topo, cfg, layout, RunConfig(batch=batch, microbatches=1 if layout.pp == 1 else layout.pp))
         except ConfigError:
             dropped["the model's shapes, the batch or the mesh do not divide"] += 1
             continue
-        if layout_warnings(layout, topo, placement):
+        if base.warnings():
             dropped["tp or pp groups are not rings of direct links (Neuron's rule)"] += 1
             continue
         for run in _settings(layout, cfg, batch, seq, precision):
             considered += 1
             try:
-                validate_all(layout, cfg, batch=batch, schedule=run.schedule, microbatches=run.microbatches,
-                             virtual_stages=run.virtual_stages)
+                experiment = base.with_run(run)
             except ConfigError:
                 dropped["pipeline settings invalid for the model"] += 1
                 continue
-            if not memory(cfg, topo, layout, run, recipe=recipe).fits:
+            if not memory(experiment, recipe=recipe).fits:
                 dropped["does not fit in HBM"] += 1
                 continue
-            ranked.append(estimate(cfg, topo, layout, run, recipe=recipe))
+            ranked.append(estimate(experiment, recipe=recipe))
     ranked.sort(key=lambda e: (-e.tokens_per_s, e.memory.total))   # ties: the one with more HBM to spare
-    return Plan(ranked, considered, dropped)
+    return Ranking(ranked, considered, dropped)
 
 
 def breakdown(e: Estimate) -> dict[str, float]:

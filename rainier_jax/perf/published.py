@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from rainier_jax.perf.estimate import Estimate, estimate
+from rainier_jax.parallel.experiment import resolve
 from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.spec.model import load_model
 from rainier_jax.spec.run import RunConfig
@@ -60,17 +61,16 @@ def row(model: str) -> PublishedRun:
 
 
 def setup(r: PublishedRun):
-    """(model config, topology, layout, run settings) of a published run."""
+    """The resolved experiment of a published run: its model, layout and run settings on trn1."""
     topo = with_nodes(load_topology(MESH), r.nodes)
     layout = ParallelLayout(dp=r.dp, tp=r.tp, pp=r.pp)
     run = RunConfig(batch=r.global_batch, seq=r.seq_len, precision=PRECISION[r.precision], remat="selective",
                     zero1=r.zero1, microbatches=r.global_batch // (r.dp * r.micro_batch))
-    return load_model(r.model), topo, layout, run
+    return resolve(topo, load_model(r.model), layout, run)
 
 
 def predict(r: PublishedRun, **kwargs) -> Estimate:
-    cfg, topo, layout, run = setup(r)
-    return estimate(cfg, topo, layout, run, **kwargs)
+    return estimate(setup(r), **kwargs)
 
 
 def derive_compute() -> float:

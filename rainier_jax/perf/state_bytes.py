@@ -1,8 +1,8 @@
-"""The analytic performance model (issue #7), from model dimensions and a layout: no JAX.
-
-So far: what each rank holds between steps — weights, gradients and optimizer state — counted
-from the same sharding rules the programs use (`parallel/axis_rules.py`), so the count is what rainier
-would run. `tests/test_perfmodel.py` checks it against the compiled train step's argument bytes.
+"""What each rank holds between steps — weights, gradients and optimizer state — from model
+dimensions and a layout, no JAX: the state part of the analytic model's memory (`perf/estimate.py`
+is the model). Counted from the same sharding rules the programs use (`parallel/axis_rules.py`),
+so the count is what rainier would run. `tests/test_perfmodel.py` checks it against the compiled
+train step's argument bytes.
 """
 
 from __future__ import annotations

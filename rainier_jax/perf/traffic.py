@@ -7,29 +7,27 @@ partitioned HLO of the real train step.
 from __future__ import annotations
 
 import dataclasses
-import functools
-
-import numpy as np
 
 from rainier_jax.perf import collectives as comm
-from rainier_jax.parallel.layout import ParallelLayout, axis_groups, place
+from rainier_jax.parallel.experiment import Experiment
+from rainier_jax.parallel.placement import axis_groups
+from rainier_jax.spec.dtypes import itemsize
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.perf.state_bytes import params_per_rank
-from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
 from rainier_jax.parallel.schedules import build_schedule, pack, segments
 from rainier_jax.hardware.topology import Topology
 
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+FP32_BYTES = itemsize("float32")   # bytes of what rainier's program keeps in fp32 whatever the policy
 
 
 @dataclasses.dataclass(frozen=True)
 class Comm:
     """One family of identical collectives in a step."""
     what: str                 # e.g. "tp: layer activations"
-    kind: str                 # comm.KINDS
+    kind: str                 # collectives.KINDS
     axes: tuple[str, ...]     # parallel axes of the groups
-    nbytes: int               # per rank per execution (the full buffer, as comm.price takes it)
+    nbytes: int               # per rank per execution (the full buffer, as collectives.price takes it)
     runs: int                 # executions per step on one rank
     priced: comm.Priced
 
@@ -46,21 +44,10 @@ class Comm:
 # Geometry: the groups of each axis (or combination of axes) under the placement
 
 
-@functools.lru_cache(maxsize=256)
-def _placement(topo: Topology, layout: ParallelLayout) -> np.ndarray:
-    return place(layout, topo)
-
-
-@functools.lru_cache(maxsize=1024)
-def _groups(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
-    return tuple(map(tuple, axis_groups(_placement(topo, layout), axes).tolist()))
-
-
-def _price(topo: Topology, layout: ParallelLayout, axes: tuple[str, ...], kind: str, nbytes: int,
+def _price(topo: Topology, groups: tuple[tuple[int, ...], ...], kind: str, nbytes: int,
            efficiency: float) -> comm.Priced:
-    """Every group of `axes` runs the collective at once; pp permutes are priced on the ring of
+    """Every group of the axes runs the collective at once; pp permutes are priced on the ring of
     stages (each stage sends to the next)."""
-    groups = _groups(topo, layout, axes)
     return comm.price(topo, kind, nbytes, groups[0], groups=groups, efficiency=efficiency)
 
 
@@ -91,14 +78,16 @@ def executor_ticks(run: RunConfig, pp: int) -> tuple[int, int, list]:
 class _Step:
     """What `_nxd_comms` and `_rainier_comms` share: sizes of the step and a list to add to."""
 
-    def __init__(self, cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
-                 recipe: str, eff: float):
-        self.cfg, self.topo, self.layout, self.run, self.eff = cfg, topo, layout, run, eff
+    def __init__(self, experiment: Experiment, recipe: str, eff: float):
+        cfg, layout, run, policy = experiment.model, experiment.layout, experiment.run, experiment.policy
+        self.cfg, self.topo, self.layout, self.run, self.eff = cfg, experiment.topology, layout, run, eff
+        self.placement = experiment.placement
+        self._groups: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}   # axes → their rank groups
         self.M = run.microbatches
         self.tok = run.batch // (layout.data_size * self.M) * run.seq      # tokens of one microbatch
         self.Lr = cfg.n_layers // layout.pp                                 # layers on one rank
         self.wbytes = policy.param_bytes                                    # weights at rest, gradients
-        self.cbytes = BYTES[policy.compute_dtype]
+        self.cbytes = itemsize(policy.compute_dtype)
         self.layer_w = layer_weights(cfg, layout.tp)
         self.vocab = cfg.vocab_size // layout.tp * cfg.d_model              # embedding (or head) elements per tp shard
         self.full = run.remat == "full"
@@ -109,8 +98,10 @@ class _Step:
         if not axes or runs <= 0 or nbytes <= 0:
             return
         nbytes = int(nbytes)
+        if axes not in self._groups:
+            self._groups[axes] = tuple(map(tuple, axis_groups(self.placement, axes).tolist()))
         self.out.append(Comm(what, kind, axes, nbytes, int(runs),
-                             _price(self.topo, self.layout, axes, kind, nbytes, self.eff)))
+                             _price(self.topo, self._groups[axes], kind, nbytes, self.eff)))
 
 
 def _nxd_comms(s: _Step) -> None:
@@ -144,7 +135,7 @@ def _rainier_comms(s: _Step) -> None:
     """rainier's GSPMD program, as its partitioned HLO shows it (tests/test_estimate.py)."""
     cfg, layout, run = s.cfg, s.layout, s.run
     D, tp, fsdp = cfg.d_model, layout.tp, layout.fsdp
-    A = s.tok * D * 4                                   # the residual stream is fp32
+    A = s.tok * D * FP32_BYTES                          # the residual stream is fp32
     kv_heads_split = kv_split(cfg, tp)
     n_col = (3 if kv_heads_split else 1) + 2            # column-parallel matmuls with a partial input gradient
     matrices = sum(s.layer_w.values())
@@ -176,10 +167,10 @@ def _rainier_comms(s: _Step) -> None:
     s.add("tp: layer activations (per column-parallel input grad)",
           "all-reduce", ("tp",), A, 2 * fwd + per_bwd_tp * bwd)
     s.add("tp: embedding output, head input gradient", "all-reduce", ("tp",), A, embeds + heads)
-    s.add("tp: cross-entropy reductions", "all-reduce", ("tp",), s.tok * 4, 4 * heads)
+    s.add("tp: cross-entropy reductions", "all-reduce", ("tp",), s.tok * FP32_BYTES, 4 * heads)
     if tp > 1 and not kv_heads_split:
         s.add("tp: k/v weight gradients (kv heads whole)", "all-reduce", ("tp",),
-              (s.layer_w["wk"] + s.layer_w["wv"]) * 4, bwd)
+              (s.layer_w["wk"] + s.layer_w["wv"]) * FP32_BYTES, bwd)
     # Layer weights are gathered in the compute dtype (cast before the gather); XLA shares the
     # attention weights' gathers between the recompute and the backward, not the gate/up ones.
     s.add("fsdp: layer weights", "all-gather", ("fsdp",), matrices * s.cbytes, fwd + per_bwd_gathers * bwd)
@@ -209,13 +200,14 @@ def _rainier_comms(s: _Step) -> None:
         # The per-stage accumulators of the weights outside the layer stack are summed over pp:
         # the embedding twice (its own accumulator and the head's VJP's, zero), head, final norm.
         # With ZeRO-1 they are summed after the dp reduce-scatter, on 1/dp of each.
-        outside = (cfg.vocab_size * D * (2 if cfg.tie_embeddings else 3) // tp // fsdp + D) * 4
+        outside = (cfg.vocab_size * D * (2 if cfg.tie_embeddings else 3) // tp // fsdp + D) * FP32_BYTES
         outside //= layout.dp if run.zero1 else 1
         s.add("pp: embedding, head, final-norm gradients", "all-reduce", ("pp",), outside, 1)
 
 
-def collectives(cfg: ModelConfig, topo: Topology, layout: ParallelLayout, run: RunConfig, policy: Policy,
-           recipe: str, eff: float) -> list[Comm]:
-    s = _Step(cfg, topo, layout, run, policy, recipe, eff)
+def step_comms(experiment: Experiment, recipe: str, eff: float) -> list[Comm]:
+    """Every collective family of one step of `recipe`'s program for `experiment` (its placement
+    decides which links each group crosses), priced at link efficiency `eff`."""
+    s = _Step(experiment, recipe, eff)
     (_nxd_comms if recipe == "nxd" else _rainier_comms)(s)
     return s.out

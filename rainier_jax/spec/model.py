@@ -15,7 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from rainier_jax.config.typed import ConfigError, from_mapping, read_text_file, read_toml, resolve_named_file
+from rainier_jax.config.errors import ConfigError, setting as marked
+from rainier_jax.config.typed import from_mapping, read_text_file, read_toml, resolve_named_file
 from rainier_jax.config.values import bounded_int, finite_float, show, size_product
 
 ARCHITECTURES = ("llama", "gpt2")
@@ -84,15 +85,17 @@ def _leaves(tree: dict):
         yield from (_leaves(v) if isinstance(v, dict) else [v])
 
 
-def load_model(name_or_path: str) -> ModelConfig:
+def load_model(name_or_path: str, *, setting: str = "model") -> ModelConfig:
+    """A built-in model by name (`tiny`), a model TOML by path, or a Hugging Face config.json;
+    `setting` names it in messages about the name or path itself."""
     if name_or_path.endswith(".json"):
-        return load_hf_config(Path(name_or_path))
-    path = resolve_named_file(name_or_path, "models", "--model")
+        return load_hf_config(Path(name_or_path), setting=setting)
+    path = resolve_named_file(name_or_path, "models", setting)
     data = read_toml(path)   # its errors name the file already
     try:
         return from_mapping(ModelConfig, data, where="")
     except ConfigError as e:  # one prefix style for every file: "<path>: <key>: <problem>"
-        raise ConfigError(f"{path}: {str(e).removeprefix(': ')}") from None
+        raise ConfigError(f"{path}: {e.raw.removeprefix(': ')}") from None
 
 
 # Hugging Face config.json keys → ModelConfig fields, per model_type. A tuple gives the key and a
@@ -107,13 +110,13 @@ _HF_KEYS = {
 }
 
 
-def load_hf_config(path: Path) -> ModelConfig:
+def load_hf_config(path: Path, *, setting: str = "model") -> ModelConfig:
     """A Hugging Face `config.json` (model_type llama or gpt2) → ModelConfig."""
-    where = f"--model {path}"
+    where = f"{marked(setting)} {path}"
     try:
         raw = json.loads(read_text_file(path, "Hugging Face config.json").decode("utf-8"))
     except ConfigError as e:
-        raise ConfigError(f"--model {e}") from None
+        raise ConfigError(f"{marked(setting)} {e.raw}") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply to read (a config.json nests a few levels)") from None
     except (UnicodeDecodeError, ValueError) as e:   # ValueError: bad JSON, or a 4,300+ digit integer
@@ -179,10 +182,10 @@ def param_shapes(cfg: ModelConfig) -> dict:
     return shapes
 
 
-def require_trainable(cfg: ModelConfig, flag: str = "--model") -> None:
+def require_trainable(cfg: ModelConfig, setting: str = "model") -> None:
     """rainier's transformer is llama-type; other architectures are for the analytic model only."""
     if cfg.arch != "llama":
-        raise ConfigError(f"{flag} {cfg.name}: a {cfg.arch} model is for the analytic performance model only; "
+        raise ConfigError(f"{marked(setting)} {cfg.name}: a {cfg.arch} model is for the analytic performance model only; "
                           "rainier trains and compiles llama-type models")
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting as marked
+from rainier_jax.spec.dtypes import itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +51,14 @@ class Policy:
         """Effective unit roundoff of the low-precision roundings this policy adds to an fp32
         computation (0 for fp32): bf16 2^-8, fp16 2^-11. fp8 rounds as many values to fp8 (unit
         2^-3, e5m2's, the coarser of its two formats) as to bf16, so its unit is the root sum of
-        squares of the two. Used by the parity harness's bound (parity.Bound.for_precisions)."""
+        squares of the two. Used by the parity harness's bound (parity.harness.Bound.for_precisions)."""
         units = {"float32": 0.0, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
         u = units[self.compute_dtype]
         return math.sqrt(u * u + (2.0 ** -3) ** 2) if self.fp8 else u
 
     @property
     def param_bytes(self) -> int:
-        return _BYTES[self.param_dtype]
+        return itemsize(self.param_dtype)
 
     def bytes_per_param(self) -> dict[str, int]:
         """Bytes held per parameter between steps: weights, gradients, Adam's two moments.
@@ -72,8 +73,6 @@ class Policy:
         return (f"precision {self.name}: {self.summary}; {b['total']} bytes/param "
                 f"(weights {b['weights']} + grads {b['grads']} + optimizer {b['optimizer']})")
 
-
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 PRESETS: dict[str, Policy] = {p.name: p for p in [
     Policy("fp32", "everything fp32", "float32", "float32"),
@@ -91,25 +90,27 @@ PRESETS: dict[str, Policy] = {p.name: p for p in [
 ]}
 
 
-def get_policy(name: str, flag: str = "--precision") -> Policy:
+def get_policy(name: str, setting: str = "precision") -> Policy:
+    """The preset called `name`; `setting` names it in the message when there is none."""
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"{flag} {name}: unknown precision (choose {', '.join(PRESETS)})") from None
+        raise ConfigError(f"{marked(setting)} {name}: unknown precision (choose {', '.join(PRESETS)})") from None
 
 
-def incompatibility(policy: Policy, *, pp: int, microbatches: int, flag: str = "--precision") -> str | None:
-    """Why `policy` cannot run with these options (naming the option and the fix), or None."""
+def incompatibility(policy: Policy, *, pp: int, microbatches: int, setting: str = "precision") -> str | None:
+    """Why `policy` cannot run with these options (naming the setting and the fix, settings marked
+    as in a ConfigError), or None."""
     if policy.fp8 and (pp > 1 or microbatches > 1):
         # Delayed scaling records one amax per tensor per step; with several microbatches the
         # executor would have to combine them by max, which the gradient path (a sum) cannot do.
-        what = f"pp={pp}" if pp > 1 else f"--microbatches {microbatches}"
-        return (f"{flag} fp8 with {what}: fp8 delayed scaling needs one forward and backward per step; "
-                "use pp=1 and --microbatches 1, or --precision bf16-mixed")
+        what = f"pp={pp}" if pp > 1 else f"{marked('microbatches')} {microbatches}"
+        return (f"{marked(setting)} fp8 with {what}: fp8 delayed scaling needs one forward and backward per step; "
+                f"use pp=1 and {marked('microbatches')} 1, or {marked('precision')} bf16-mixed")
     return None
 
 
-def check_compatible(policy: Policy, *, pp: int, microbatches: int, flag: str = "--precision") -> None:
-    reason = incompatibility(policy, pp=pp, microbatches=microbatches, flag=flag)
+def check_compatible(policy: Policy, *, pp: int, microbatches: int, setting: str = "precision") -> None:
+    reason = incompatibility(policy, pp=pp, microbatches=microbatches, setting=setting)
     if reason:
         raise ConfigError(reason)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 
 # Default corpus: real text that exists on every machine with Python, so nothing is downloaded.
 # Single-file modules present in CPython 3.11, 3.12 and 3.13. Deliberately absent: pathlib,
@@ -49,8 +49,9 @@ class Corpus:
     num_bytes: int        # size of the source data as read (2 bytes per token for *.bin)
     num_files: int        # files concatenated (0 when generated in code)
     sha256: str           # hex sha256 of the whole token stream as little-endian uint16
-    # One-line remarks for the user, each starting "note: " (e.g. a --data file that looks
-    # binary). load_corpus never prints: the CLI shows them on stderr, a library caller decides.
+    # One-line remarks for the user, each starting "note: " (e.g. a `data` file that looks
+    # binary), with settings marked as in a ConfigError (errors.setting). load_corpus never
+    # prints: the CLI spells and shows them on stderr, a library caller decides.
     notes: tuple[str, ...] = ()
 
     @property
@@ -65,15 +66,15 @@ class Corpus:
 
 
 def _make_corpus(tokens: np.ndarray, *, source: str, num_bytes: int, num_files: int,
-                 seq_len: int, flag: str, notes: tuple[str, ...] = ()) -> Corpus:
+                 seq_len: int, where: str, notes: tuple[str, ...] = ()) -> Corpus:
     """Split `tokens` (uint16) into train/held-out, refusing streams too short to train on."""
     n = len(tokens)
     window = seq_len + 1
     num_heldout = max(n // HELDOUT_FRACTION, window)  # at least one full held-out window
     if n - num_heldout < window:
-        raise ConfigError(f"{flag}: {n:,} tokens is too short for --seq {seq_len} (need at "
+        raise ConfigError(f"{where}: {n:,} tokens is too short for {setting('seq')} {seq_len} (need at "
                           f"least {num_heldout + window:,}: one training window of {window} plus "
-                          f"a held-out part of {num_heldout}); use more text or a shorter --seq")
+                          f"a held-out part of {num_heldout}); use more text or a shorter {setting('seq')}")
     tokens = np.ascontiguousarray(tokens, dtype=np.uint16)
     tokens.flags.writeable = False  # the slices below are views; freezing the base freezes them
     digest = hashlib.sha256(tokens.astype("<u2", copy=False).tobytes()).hexdigest()
@@ -85,7 +86,7 @@ def _bytes_to_tokens(raw: bytes, vocab_size: int, where: str) -> np.ndarray:
     if vocab_size < 256:
         raise ConfigError(f"{where}: byte-level text needs a vocabulary of at least 256 tokens "
                           f"but vocab_size is {vocab_size}; use a model with vocab_size >= 256 "
-                          f"or pass --data with a uint16 *.bin token file")
+                          f"or pass {setting('data')} with a uint16 *.bin token file")
     return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
 
 
@@ -113,11 +114,11 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _read(path: Path, flag: str) -> bytes:
+def _read(path: Path, where: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{flag}: cannot read {path} ({e.strerror}); check its permissions") from None
+        raise ConfigError(f"{where}: cannot read {path} ({e.strerror}); check its permissions") from None
 
 
 def _visible_files(root: Path) -> list[Path]:
@@ -146,66 +147,67 @@ def _default_corpus(vocab_size: int, seq_len: int) -> Corpus:
         path = stdlib / name
         if not path.is_file():
             raise ConfigError(f"default corpus: {name} is missing from {stdlib}; "
-                              f"pass --data PATH to train on your own text")
+                              f"pass {setting('data')} PATH to train on your own text")
         chunks.append(path.read_bytes())
     raw = b"".join(chunks)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return _make_corpus(_bytes_to_tokens(raw, vocab_size, "default corpus (--data not given)"),
+    return _make_corpus(_bytes_to_tokens(raw, vocab_size, f"default corpus ({setting('data')} not given)"),
                         source=f"python-stdlib {version}", num_bytes=len(raw),
-                        num_files=len(chunks), seq_len=seq_len, flag="default corpus")
+                        num_files=len(chunks), seq_len=seq_len, where="default corpus")
 
 
 def load_corpus(data: str | None, vocab_size: int, seq_len: int) -> Corpus:
-    """The `--data` corpus: None (stdlib sources), a text file, a directory, or a uint16 *.bin."""
+    """The `data` corpus: None (stdlib sources), a text file, a directory, or a uint16 *.bin.
+    Messages name the settings `data` and `seq`."""
     if seq_len < 1:
-        raise ConfigError(f"--seq {seq_len}: must be at least 1, got {seq_len}")
+        raise ConfigError(f"{setting('seq')} {seq_len}: must be at least 1, got {seq_len}")
     if data is None:
         return _default_corpus(vocab_size, seq_len)
-    flag = f"--data {data}"
+    where = f"{setting('data')} {data}"
     path = Path(data)
     try:
         st = path.stat()  # stat, never open: opening a FIFO blocks
     except FileNotFoundError:
-        raise ConfigError(f"{flag}: no such file or directory") from None
+        raise ConfigError(f"{where}: no such file or directory") from None
     except OSError as e:
-        raise ConfigError(f"{flag}: cannot read it ({e.strerror})") from None
+        raise ConfigError(f"{where}: cannot read it ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
         files = _visible_files(path)
-        contents = [_read(f, flag) for f in files]
+        contents = [_read(f, where) for f in files]
         raw = b"".join(contents)
         if not raw:
-            raise ConfigError(f"{flag}: directory has no non-empty, non-hidden files")
+            raise ConfigError(f"{where}: directory has no non-empty, non-hidden files")
         binary = [(f, why) for f, c in zip(files, contents) if (why := _binary_reason(c))]
         notes = () if not binary else (
-            f"note: {flag}: {len(binary)} of {len(files)} files look{'s' * (len(binary) == 1)} binary (first: "
+            f"note: {where}: {len(binary)} of {len(files)} files look{'s' * (len(binary) == 1)} binary (first: "
             f"{binary[0][0].relative_to(path)}, {binary[0][1]}); training on their raw bytes",)
-        return _make_corpus(_bytes_to_tokens(raw, vocab_size, flag), source=str(data),
-                            num_bytes=len(raw), num_files=len(files), seq_len=seq_len, flag=flag,
+        return _make_corpus(_bytes_to_tokens(raw, vocab_size, where), source=str(data),
+                            num_bytes=len(raw), num_files=len(files), seq_len=seq_len, where=where,
                             notes=notes)
     if not stat.S_ISREG(st.st_mode):  # /dev/zero has st_size 0 and would otherwise be "empty"
-        raise ConfigError(f"{flag}: is {_file_kind(st.st_mode)}, not a file or a directory; give a "
+        raise ConfigError(f"{where}: is {_file_kind(st.st_mode)}, not a file or a directory; give a "
                           f"text file, a directory of text files or a uint16 *.bin token file")
     size = st.st_size
     if size == 0:
-        raise ConfigError(f"{flag}: file is empty")
+        raise ConfigError(f"{where}: file is empty")
     if path.suffix == ".bin":
         if size % 2:
-            raise ConfigError(f"{flag}: {size} bytes is not a whole number of uint16 tokens "
+            raise ConfigError(f"{where}: {size} bytes is not a whole number of uint16 tokens "
                               f"(*.bin files hold little-endian uint16 tokens)")
-        tokens = np.frombuffer(_read(path, flag), dtype="<u2")
+        tokens = np.frombuffer(_read(path, where), dtype="<u2")
         bad = np.flatnonzero(tokens >= vocab_size)
         if bad.size:
-            raise ConfigError(f"{flag}: token {int(tokens[bad[0]])} at position {int(bad[0])} "
+            raise ConfigError(f"{where}: token {int(tokens[bad[0]])} at position {int(bad[0])} "
                               f"is outside the vocabulary (vocab_size {vocab_size}); "
                               f"re-tokenize or use a model with a larger vocab_size")
         return _make_corpus(tokens, source=f"{data} (uint16 tokens)", num_bytes=size,
-                            num_files=1, seq_len=seq_len, flag=flag)
-    raw = _read(path, flag)
+                            num_files=1, seq_len=seq_len, where=where)
+    raw = _read(path, where)
     why = _binary_reason(raw)
-    notes = () if why is None else (f"note: {flag}: looks binary ({why}); training on its raw bytes "
+    notes = () if why is None else (f"note: {where}: looks binary ({why}); training on its raw bytes "
                                     f"({_BIN_HINT})",)
-    return _make_corpus(_bytes_to_tokens(raw, vocab_size, flag), source=str(data),
-                        num_bytes=len(raw), num_files=1, seq_len=seq_len, flag=flag, notes=notes)
+    return _make_corpus(_bytes_to_tokens(raw, vocab_size, where), source=str(data),
+                        num_bytes=len(raw), num_files=1, seq_len=seq_len, where=where, notes=notes)
 
 
 # Synthetic corpus: a tiny English-like grammar driven by a 32-bit LCG in pure Python ints, so
@@ -250,7 +252,7 @@ def synthetic_corpus(num_bytes: int = 200_000, seed: int = 0) -> Corpus:
         size += len(paragraph)
     raw = "".join(parts).encode("ascii")[:num_bytes]
     return _make_corpus(np.frombuffer(raw, dtype=np.uint8).astype(np.uint16), source="synthetic",
-                        num_bytes=num_bytes, num_files=0, seq_len=1, flag="synthetic_corpus")
+                        num_bytes=num_bytes, num_files=0, seq_len=1, where="synthetic_corpus")
 
 
 def batch(corpus: Corpus, *, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -266,8 +268,8 @@ def batch(corpus: Corpus, *, seed: int, step: int, batch_size: int, seq_len: int
                          f"seed={seed} step={step} batch_size={batch_size} seq_len={seq_len}")
     num_starts = len(corpus.train) - seq_len  # valid starts: 0 .. len(train) - (seq_len + 1)
     if num_starts < 1:
-        raise ConfigError(f"--seq {seq_len}: longer than the training part of the corpus "
-                          f"({len(corpus.train):,} tokens); use a shorter seq_len or more --data")
+        raise ConfigError(f"{setting('seq')} {seq_len}: longer than the training part of the corpus "
+                          f"({len(corpus.train):,} tokens); use a shorter seq_len or more {setting('data')}")
     raw = np.random.PCG64(np.random.SeedSequence([seed, step])).random_raw(batch_size)
     starts = (raw % np.uint64(num_starts)).astype(np.int64)
     return _gather(corpus.train, starts, seq_len)
@@ -287,8 +289,8 @@ def eval_batches(corpus: Corpus, *, batch_size: int, seq_len: int,
                          f"{batch_size}, {seq_len}, {num_batches}")
     last_start = len(corpus.heldout) - (seq_len + 1)
     if last_start < 0:
-        raise ConfigError(f"--seq {seq_len}: longer than the held-out part of the corpus "
-                          f"({len(corpus.heldout):,} tokens); use a shorter seq_len or more --data")
+        raise ConfigError(f"{setting('seq')} {seq_len}: longer than the held-out part of the corpus "
+                          f"({len(corpus.heldout):,} tokens); use a shorter seq_len or more {setting('data')}")
     starts = np.rint(np.linspace(0, last_start, num_batches * batch_size)).astype(np.int64)
     windows = _gather(corpus.heldout, starts, seq_len)
     return windows.reshape(num_batches, batch_size, seq_len + 1)

@@ -16,19 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rainier_jax.train import data as data_lib
 from rainier_jax.dist.arrays import local_value, to_devices
 from rainier_jax.model import numerics
 from rainier_jax.parallel import sharding
-from rainier_jax.parallel.layout import AXES, ParallelLayout
+from rainier_jax.parallel.experiment import Experiment
+from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.train.metrics import StepRecord
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads
 from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
-from rainier_jax.parallel.schedules import build_schedule
 from rainier_jax.model.llama import init_params, loss_fn
 
 
@@ -68,26 +68,10 @@ class TrainState:
     precision: dict = dataclasses.field(default_factory=dict)
 
 
-def build_mesh(layout: ParallelLayout, devices: np.ndarray) -> Mesh:
-    """A mesh with Auto axes (the decided sharding mode; see ARCHITECTURE.md)."""
-    return Mesh(devices.reshape([getattr(layout, a) for a in AXES]), AXES,
-                axis_types=(AxisType.Auto,) * len(AXES))
-
-
-def mesh_on_ranks(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
-    """The mesh whose entry at each position is emulated rank `placement[...]` (device r is rank r);
-    `placement=None` means one device (the single-device reference)."""
-    devices = np.array(jax.devices())
-    return build_mesh(layout, devices[:1] if placement is None else devices[placement])
-
-
 @dataclasses.dataclass
 class Program:
-    """Everything compiled for one (model, layout, mesh, run)."""
-    mesh: Mesh
-    layout: ParallelLayout
-    model: ModelConfig
-    run: RunConfig
+    """Everything compiled for one resolved experiment."""
+    experiment: Experiment
     policy: Policy
     state_shardings: TrainState
     abstract_state: TrainState  # shapes, dtypes and shardings of the state (a restore target)
@@ -100,16 +84,34 @@ class Program:
     compile_seconds: float
 
     @property
+    def mesh(self) -> Mesh:
+        return self.experiment.mesh
+
+    @property
+    def layout(self) -> ParallelLayout:
+        return self.experiment.layout
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.experiment.model
+
+    @property
+    def run(self) -> RunConfig:
+        return self.experiment.run
+
+    @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
 
-def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: RunConfig,
-                  policy: Policy | None = None, *, compiler_options: dict | None = None,
+def build_program(experiment: Experiment, policy: Policy | None = None, *, compiler_options: dict | None = None,
                   with_eval: bool = True) -> Program:
-    """`policy` defaults to `run.precision`'s preset (tests pass variants, e.g. another loss scale).
+    """The state, step, eval and gradient programs of `experiment`, compiled on its mesh.
+
+    `policy` defaults to `run.precision`'s preset (tests pass variants, e.g. another loss scale).
     `compiler_options` go to the step's compile (e.g. an HLO dump); `with_eval=False` skips the
     eval program (`eval_loss` is then None) for callers that only inspect the step."""
+    model, layout, run, mesh = experiment.model, experiment.layout, experiment.run, experiment.mesh
     policy = policy or run.policy
     compute = numerics.Compute(policy)
     tx = make_optimizer(run)
@@ -151,8 +153,8 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
     state_sh = TrainState(param_sh, opt_sh, repl, jax.tree.map(lambda _: repl, abstract_state.precision))
     batch_sh = sharding.batch_sharding(mesh)
 
-    if layout.pp > 1 or run.microbatches > 1:
-        pipe = build_schedule(run.schedule, layout.pp, run.microbatches, run.virtual_stages)
+    if experiment.pipelined:
+        pipe = experiment.schedule
 
         def scaled_loss_and_grads(params, meta, batch, scale):
             del meta  # fp8 is refused with a pipeline (precision.check_compatible)
@@ -225,7 +227,7 @@ def build_program(model: ModelConfig, layout: ParallelLayout, mesh: Mesh, run: R
                         ).lower(state_abs, evals_abs).compile() if with_eval else None
     compile_seconds = time.perf_counter() - t0
     grads = jax.jit(grads_fn, in_shardings=(state_sh, batch_sh), out_shardings=(repl, param_sh))
-    return Program(mesh, layout, model, run, policy, state_sh, state_abs, batch_sh, lambda: init_jit(key), from_jit,
+    return Program(experiment, policy, state_sh, state_abs, batch_sh, lambda: init_jit(key), from_jit,
                    step, eval_loss, grads, compile_seconds)
 
 

@@ -1,6 +1,6 @@
 """What a run shows and keeps: the progress display, the JSONL metrics file, the summary.
 
-Kept apart from the loop so the loop stays about training; `train.train` calls `on_step` with one
+Kept apart from the loop so the loop stays about training; `train.loop.train` calls `on_step` with one
 `StepRecord` per completed update.
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 
 
 @dataclasses.dataclass
@@ -60,21 +60,21 @@ class MetricsLog:
                 self._drop_from(first_step)
                 last = self._last_step()
         if last is not None and last >= first_step:
-            raise ConfigError(f"--metrics {path}: the file already holds steps up to {last} and this run "
+            raise ConfigError(f"{setting('metrics')} {path}: the file already holds steps up to {last} and this run "
                               f"would write step {first_step} again; pass a new path or move the file away")
         if check_only:
             if not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
-                raise ConfigError(f"--metrics {path}: cannot write there; give a path in a writable directory")
+                raise ConfigError(f"{setting('metrics')} {path}: cannot write there; give a path in a writable directory")
             return
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"--metrics {path}: cannot write there ({e.strerror}); "
+            raise ConfigError(f"{setting('metrics')} {path}: cannot write there ({e.strerror}); "
                               "give a path in a writable directory") from None
 
     def _last_step(self) -> int | None:
         if self.path.is_dir():
-            raise ConfigError(f"--metrics {self.path}: is a directory; give a file path such as "
+            raise ConfigError(f"{setting('metrics')} {self.path}: is a directory; give a file path such as "
                               f"{self.path / 'metrics.jsonl'}")
         if not self.path.is_file():
             return None
@@ -86,7 +86,7 @@ class MetricsLog:
                 try:
                     last = int(json.loads(line)["step"])
                 except (ValueError, KeyError, TypeError):
-                    raise ConfigError(f"--metrics {self.path}: line {n} is not a metrics record "
+                    raise ConfigError(f"{setting('metrics')} {self.path}: line {n} is not a metrics record "
                                       "(not written by rainier?); pass a new path") from None
         return last
 
@@ -99,7 +99,7 @@ class MetricsLog:
             tmp.write_text("".join(keep), encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError as e:
-            raise ConfigError(f"--metrics {self.path}: cannot rewrite it to drop the steps after the checkpoint "
+            raise ConfigError(f"{setting('metrics')} {self.path}: cannot rewrite it to drop the steps after the checkpoint "
                               f"({e.strerror}); give a writable path") from None
 
     def write(self, rec: StepRecord) -> None:

@@ -1,8 +1,8 @@
 """What a checkpoint records about its run, and what a resumed run may change.
 
-A checkpoint's `meta` item (plain JSON, orbax's JsonSave) holds the resolved settings of the run
-that wrote it. `--resume` starts from those settings: a flag the user gives on resume either may
-change (the layout and the mesh — restoring reshards; `--steps` and `--lr`, said in a line), or
+A checkpoint's `meta` item (plain JSON, orbax's JsonSave) holds the resolved experiment of the run
+that wrote it (mesh, layout, model and run settings, as structured fields) with a format version.
+`--resume` starts from those settings: a flag the user gives on resume either may change (the layout and the mesh — restoring reshards; `--steps` and `--lr`, said in a line), or
 changes the math and is refused with one line naming the setting, its saved and its new value.
 Choosing the checkpoint (newest first, manifest verified, run record validated) happens here too,
 before JAX starts: stdlib only. So does telling rainier's step folders from anyone else's
@@ -22,38 +22,42 @@ from pathlib import Path
 from typing import Any
 
 from rainier_jax.train.checkpoint import manifest
-from rainier_jax.config.typed import ConfigError, from_mapping
+from rainier_jax.config.errors import ConfigError, setting
+from rainier_jax.config.typed import from_mapping
+from rainier_jax.parallel.experiment import Experiment
+from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.run import RunConfig
 
-FORMAT = "rainier-jax checkpoint v1"
+FORMAT = "rainier-jax checkpoint v2"
 # The record's layout version. Bump it with any change an older rainier-jax could not read (a new
 # key included): an older one then refuses the record in one line instead of taking it for damage.
-# Records written before the field existed are version 1.
-FORMAT_VERSION = 1
+# Records written before the field existed are version 1. Version 2 keeps the experiment as one
+# structured table (`experiment`: mesh, lnc, layout as axis sizes, model, run); version 1 had
+# `mesh`, `lnc`, `model` and `run` at the top and the layout as text (`parallel`), and is read by
+# converting it (`_from_version_1`).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _FAMILY_VERSION = re.compile(r"rainier-jax checkpoint v([1-9][0-9]{0,5})")   # every version's `format`
 META_FILE = Path("meta") / "metadata"   # where orbax's JsonSave puts the `meta` item
 STATE_ITEM = "state"
 _RECORD_LIMIT = 1 << 20   # a record is a few KB; more is not one
 
-# Flags that change what is computed: resuming with another value would be a different run.
-MATH_FLAGS = ("batch", "seq", "seed", "precision")
-# Flags that only place the computation or extend the run: the saved value is the default.
-LAYOUT_FLAGS = ("parallel", "schedule", "microbatches", "virtual_stages")
+# Run settings that change what is computed: resuming with another value would be a different run.
+MATH_SETTINGS = ("batch", "seq", "seed", "precision")
+DEFAULT_KEEP = 3   # checkpoints kept when the run does not say (the `keep` setting)
+# Settings outside the run settings that a resumed run takes from its record unless given (`merge`).
+RESUMED_SETTINGS = ("mesh", "lnc", "parallel", "data", "checkpoint_every", "keep")
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def run_record(*, mesh: str, lnc: int, layout: str, model: dict, run: dict, data_arg: str | None,
-               corpus_source: str, corpus_sha256: str, checkpoint_every: int = 0, keep: int = 3) -> dict:
-    """Everything but the step: the settings a resumed run starts from (see CHECKPOINTS.md)."""
+def run_record(experiment: Experiment, *, mesh: str, data_arg: str | None, corpus_source: str,
+               corpus_sha256: str, checkpoint_every: int = 0, keep: int = 3) -> dict:
+    """Everything but the step: the settings a resumed run starts from (see docs/CHECKPOINTS.md).
+    `mesh` is how the topology was named: a built-in name, or the mesh file's absolute path."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "mesh": mesh, "lnc": lnc, "parallel": layout,
-        "model": model,
-        "run": run,
+        "experiment": {"mesh": mesh, "lnc": experiment.topology.lnc, "layout": experiment.layout.axis_sizes(),
+                       "model": dataclasses.asdict(experiment.model), "run": dataclasses.asdict(experiment.run)},
         "data": {"arg": data_arg, "source": corpus_source, "sha256": corpus_sha256},
         "checkpoint": {"every": checkpoint_every, "keep": keep},
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -66,7 +70,7 @@ def step_record(record: dict, step: int) -> dict:
     function of (seed, step) — nothing else to save."""
     return {**record, "step": step,
             "data_position": {"next_batch": step},
-            "rng": {"seed": record["run"]["seed"], "counter": step,
+            "rng": {"seed": record["experiment"]["run"]["seed"], "counter": step,
                     "scheme": "counter-based: batch t and rounding bits of update t hash (seed, t)"},
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -82,8 +86,28 @@ def absolute_if_path(arg: str | None) -> str | None:
 
 # --- the run record's structure -----------------------------------------------------------------
 # One place that says what a readable record is: everything merge, check_model, check_corpus and
-# cli_train read, with its type (from_mapping rejects missing keys and wrong types). A key that
-# run_record or step_record gains and a resumed run reads needs a field here.
+# the train command read, with its type (from_mapping rejects missing keys and wrong types). A key
+# that run_record or step_record gains and a resumed run reads needs a field here.
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentRecord:
+    """The resolved experiment as a checkpoint keeps it (`parallel.experiment.Experiment` without
+    what is derived again on resume: the topology is read from `mesh`, the placement recomputed)."""
+    mesh: str
+    lnc: int
+    layout: ParallelLayout
+    model: ModelConfig
+    run: RunConfig
+
+    def __post_init__(self):
+        if self.lnc < 1 or min(self.layout.axis_sizes().values()) < 1:
+            raise ValueError(f"lnc {self.lnc}, layout {self.layout.axis_sizes()} (want lnc >= 1, axis sizes >= 1)")
+
+    @property
+    def layout_text(self) -> str:
+        """Every axis, size 1 included: "pp=1,dp=2,fsdp=2,tp=2" (how resumes are reported)."""
+        return ",".join(f"{a}={n}" for a, n in self.layout.axis_sizes().items())
+
 
 @dataclasses.dataclass(frozen=True)
 class _DataRecord:
@@ -103,25 +127,37 @@ class _SavingRecord:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Record:
+class RunRecord:
+    """A checkpoint's run record, validated: what `newest_intact` hands a resumed run."""
     format: str
     step: int
-    mesh: str
-    lnc: int
-    parallel: str
-    model: ModelConfig
-    run: RunConfig
+    experiment: ExperimentRecord
     data: _DataRecord
     checkpoint: _SavingRecord
-    format_version: int = FORMAT_VERSION
+    format_version: int = FORMAT_VERSION   # the version it was written in (1 is read converted)
     python: str = ""
     data_position: dict = dataclasses.field(default_factory=dict)
     rng: dict = dataclasses.field(default_factory=dict)
     saved_at: str = ""
 
     def __post_init__(self):
-        if self.step < 0 or self.lnc < 1:
-            raise ValueError(f"step {self.step}, lnc {self.lnc} (want step >= 0, lnc >= 1)")
+        if self.step < 0:
+            raise ValueError(f"step {self.step} (want step >= 0)")
+
+
+def _from_version_1(record: dict) -> dict:
+    """A version-1 record in version 2's shape. The layout text is what version 1 always wrote
+    ("pp=1,dp=2,fsdp=2,tp=2"); anything else in it is damage, reported like any other."""
+    moved = ("mesh", "lnc", "parallel", "model", "run")
+    experiment = {k: record[k] for k in moved if k in record}
+    if isinstance(experiment.get("parallel"), str):
+        sizes = {}
+        for part in experiment.pop("parallel").split(","):
+            axis, _, n = part.partition("=")
+            sizes[axis.strip()] = int(n) if n.strip().isdigit() else n
+        experiment["layout"] = sizes
+    rest = {k: v for k, v in record.items() if k not in moved}
+    return {**rest, "experiment": experiment}
 
 
 def _record_version(record) -> int | None:
@@ -137,20 +173,22 @@ def _record_version(record) -> int | None:
     return version if isinstance(version, int) and not isinstance(version, bool) and version >= 1 else None
 
 
-def validate_record(record, step: int) -> dict:
-    """The record of checkpoint `step` with its model and run settings in their exact types, or a
-    ConfigError (one line) saying what is wrong with it. Expects a record of FORMAT_VERSION."""
+def validate_record(record, step: int) -> RunRecord:
+    """The record of checkpoint `step`, typed, or a ConfigError (one line) saying what is wrong
+    with it. Expects a record of one of READABLE_VERSIONS."""
     where = META_FILE.as_posix()
-    if _record_version(record) is None:
-        raise ConfigError(f"{where}: not a {FORMAT} record")
-    # Top-level keys this version does not know are informational at most: ignored. Inside `model`
-    # and `run` an unknown key is a setting this version cannot apply, so from_mapping refuses it.
-    known = {f.name for f in dataclasses.fields(_Record)}
-    parsed = from_mapping(_Record, {k: v for k, v in record.items() if k in known}, where=where)
+    version = _record_version(record)
+    if version is None:
+        raise ConfigError(f"{where}: not a rainier-jax checkpoint record")
+    if version == 1:
+        record = {**_from_version_1(record), "format_version": 1}
+    # Top-level keys this version does not know are informational at most: ignored. Inside the
+    # experiment an unknown key is a setting this version cannot apply, so from_mapping refuses it.
+    known = {f.name for f in dataclasses.fields(RunRecord)}
+    parsed = from_mapping(RunRecord, {k: v for k, v in record.items() if k in known}, where=where)
     if parsed.step != step:
         raise ConfigError(f"{where}.step: {parsed.step}, but the folder is step {step}")
-    return {**record, "format_version": parsed.format_version,
-            "model": dataclasses.asdict(parsed.model), "run": dataclasses.asdict(parsed.run)}
+    return parsed
 
 
 def _load_json(path: Path):
@@ -202,7 +240,7 @@ def is_own(path: Path) -> bool:
         record = _load_json(path / META_FILE)
     except (OSError, ValueError):
         return False
-    return _record_version(record) == FORMAT_VERSION and record.get("step") == int(path.name)
+    return _record_version(record) in READABLE_VERSIONS and record.get("step") == int(path.name)
 
 
 def steps_on_disk(directory: Path) -> list[int]:
@@ -215,14 +253,14 @@ def steps_on_disk(directory: Path) -> list[int]:
     try:
         names = sorted(os.listdir(directory))
     except OSError as e:
-        raise ConfigError(f"--checkpoint-dir {directory}: cannot read it ({e.strerror}); "
+        raise ConfigError(f"{setting('checkpoint_dir')} {directory}: cannot read it ({e.strerror}); "
                           "give a directory you can read") from None
     steps = []
     for name in filter(is_step_name, names):
         if (why := foreign(directory / name)) is not None:
-            raise ConfigError(f"--checkpoint-dir {directory}: {directory / name} is not a rainier-jax checkpoint "
-                              f"({why}); rainier-jax never reads, moves or deletes a folder it did not write — "
-                              f"move it out of {directory}, or choose another --checkpoint-dir")
+            raise ConfigError(f"{setting('checkpoint_dir')} {directory}: {directory / name} is not a rainier-jax "
+                              f"checkpoint ({why}); rainier-jax never reads, moves or deletes a folder it did not "
+                              f"write — move it out of {directory}, or choose another {setting('checkpoint_dir')}")
         steps.append(int(name))
     return sorted(steps)
 
@@ -231,11 +269,16 @@ def steps_on_disk(directory: Path) -> list[int]:
 class Found:
     step: int
     path: Path
-    meta: dict
+    record: RunRecord
     rejected: list[tuple[Path, str]]   # newer checkpoints that failed verification, and why
 
 
-def _problem(path: Path, step: int, flag_name: str) -> tuple[dict | None, str | None]:
+def _readable_versions() -> str:
+    *older, newest = READABLE_VERSIONS
+    return f"versions {', '.join(map(str, older))} and {newest}" if older else f"version {newest}"
+
+
+def _problem(path: Path, step: int, asked_by: str) -> tuple[RunRecord | None, str | None]:
     """(validated record, None) for an intact checkpoint, (None, why) for a damaged one. A record
     of another format version is neither: a ConfigError, so it is never moved aside."""
     try:
@@ -245,36 +288,36 @@ def _problem(path: Path, step: int, flag_name: str) -> tuple[dict | None, str | 
     # Asked before the manifest: a later format may seal its files differently, and refusing
     # loses nothing where calling it damage would move it aside.
     version = _record_version(record)
-    if version is not None and version != FORMAT_VERSION:
-        raise ConfigError(f"{flag_name}: {path} holds a checkpoint of record format version {version}; this "
-                          f"rainier-jax reads version {FORMAT_VERSION} — continue that run with the rainier-jax "
-                          "that wrote it, or start a new --checkpoint-dir")
+    if version is not None and version not in READABLE_VERSIONS:
+        raise ConfigError(f"{setting(asked_by)}: {path} holds a checkpoint of record format version {version}; "
+                          f"this rainier-jax reads {_readable_versions()} — continue that run with the rainier-jax "
+                          f"that wrote it, or start a new {setting('checkpoint_dir')}")
     if (why := manifest.verify(path) or unreadable) is not None:
         return None, why
     try:
         return validate_record(record, step), None
     except ConfigError as e:
-        return None, f"run record malformed ({e})"
+        return None, f"run record malformed ({e})"   # shown as the reason for moving it aside
 
 
-def newest_intact(directory: Path, *, flag_name: str = "--resume") -> Found:
+def newest_intact(directory: Path, *, asked_by: str = "resume") -> Found:
     """The newest checkpoint whose files match its manifest and whose record is valid; newer
     damaged ones are listed in `rejected` (the caller moves them aside)."""
     if not os.path.exists(directory):
-        raise ConfigError(f"{flag_name}: --checkpoint-dir {directory} does not exist; "
-                          "run without --resume to start a new run there")
+        raise ConfigError(f"{setting(asked_by)}: {setting('checkpoint_dir')} {directory} does not exist; "
+                          f"run without {setting('resume')} to start a new run there")
     steps = steps_on_disk(directory)
     if not steps:
-        raise ConfigError(f"{flag_name}: --checkpoint-dir {directory} holds no checkpoint; "
-                          "run without --resume to start a new run there")
+        raise ConfigError(f"{setting(asked_by)}: {setting('checkpoint_dir')} {directory} holds no checkpoint; "
+                          f"run without {setting('resume')} to start a new run there")
     rejected = []
     for step in reversed(steps):
         path = directory / str(step)
-        meta, problem = _problem(path, step, flag_name)
+        record, problem = _problem(path, step, asked_by)
         if problem is None:
-            return Found(step, path, meta, rejected)
+            return Found(step, path, record, rejected)
         rejected.append((path, " ".join(problem.split())))   # one line, whatever a file name holds
-    raise ConfigError(f"{flag_name}: no intact checkpoint in {directory}: "
+    raise ConfigError(f"{setting(asked_by)}: no intact checkpoint in {directory}: "
                       + "; ".join(f"{p.name}: {why}" for p, why in rejected))
 
 
@@ -290,58 +333,59 @@ def set_aside(path: Path) -> Path:
 
 # --- settings -----------------------------------------------------------------------------------
 
-def merge(meta: dict, given: dict[str, Any], *, where: str) -> tuple[dict[str, Any], list[str]]:
-    """Check the flags the user gave on resume (`given` holds only those) against the saved run.
-    A change to the math is a ConfigError; run settings not given come from `meta["run"]`.
-    Returns the placement and checkpoint flags of the resumed run (saved unless given), and
+def merge(saved: RunRecord, given: dict[str, Any], *, where: str) -> tuple[dict[str, Any], list[str]]:
+    """Check the settings the user gave on resume (`given` holds only those) against the saved
+    run. A change to the math is a ConfigError; run settings not given come from the record.
+    Returns the placement and checkpoint settings of the resumed run (saved unless given), and
     lines about the settings it changes."""
-    saved_run = meta["run"]
+    exp = saved.experiment
+    saved_run = dataclasses.asdict(exp.run)
     notes = []
-    for name in MATH_FLAGS:
+    for name in MATH_SETTINGS:
         if name in given and given[name] != saved_run[name]:
-            raise ConfigError(f"--resume: {flag(name)} {given[name]} differs from the checkpoint's "
+            raise ConfigError(f"{setting('resume')}: {setting(name)} {given[name]} differs from the checkpoint's "
                               f"{saved_run[name]} ({where}); it changes the computation — drop "
-                              f"{flag(name)} to continue the run, or start a new --checkpoint-dir")
-    done = meta["step"]
-    steps = given.get("steps", saved_run["steps"])
+                              f"{setting(name)} to continue the run, or start a new {setting('checkpoint_dir')}")
+    done = saved.step
+    steps = given.get("steps", exp.run.steps)
     if steps < done:
-        raise ConfigError(f"--resume: --steps {steps} is fewer than the {done} steps the checkpoint "
-                          f"has completed ({where}); give --steps above {done} to extend the run")
-    if steps != saved_run["steps"]:
-        notes.append(f"--steps: {saved_run['steps']} → {steps} (warmup and cosine decay are "
+        raise ConfigError(f"{setting('resume')}: {setting('steps')} {steps} is fewer than the {done} steps the "
+                          f"checkpoint has completed ({where}); give {setting('steps')} above {done} to extend the run")
+    if steps != exp.run.steps:
+        notes.append(f"{setting('steps')}: {exp.run.steps} → {steps} (warmup and cosine decay are "
                      f"recomputed for the new horizon, from step {done + 1} on)")
-    if "lr" in given and given["lr"] != saved_run["lr"]:
-        notes.append(f"--lr: {saved_run['lr']:g} → {given['lr']:g} from step {done + 1} on "
+    if "lr" in given and given["lr"] != exp.run.lr:
+        notes.append(f"{setting('lr')}: {exp.run.lr:g} → {given['lr']:g} from step {done + 1} on "
                      "(same warmup and cosine shape)")
 
-    mesh, lnc = given.get("mesh", meta["mesh"]), given.get("lnc", meta["lnc"])
-    flags = {
+    mesh, lnc = given.get("mesh", exp.mesh), given.get("lnc", exp.lnc)
+    settings = {
         "mesh": mesh, "lnc": lnc,
         # A saved layout only applies on the mesh it was saved on; elsewhere the default (dp = all).
-        "parallel": given.get("parallel", meta["parallel"] if (mesh, lnc) == (meta["mesh"], meta["lnc"]) else None),
-        "data": given.get("data", meta["data"]["arg"]),
-        "checkpoint_every": given.get("checkpoint_every", meta["checkpoint"]["every"] or None),
-        "keep": given.get("keep", meta["checkpoint"]["keep"]),
+        "parallel": given.get("parallel", exp.layout if (mesh, lnc) == (exp.mesh, exp.lnc) else None),
+        "data": given.get("data", saved.data.arg),
+        "checkpoint_every": given.get("checkpoint_every", saved.checkpoint.every or None),
+        "keep": given.get("keep", saved.checkpoint.keep),
     }
-    return flags, notes
+    return settings, notes
 
 
-def check_model(meta: dict, model: dict, given_name: str | None, where: str) -> None:
+def check_model(saved: RunRecord, model: ModelConfig, given_name: str | None, where: str) -> None:
     """Refuse a model whose dimensions differ from the saved one (its name alone may differ)."""
-    saved = meta["model"]
-    for key, value in model.items():
-        if key != "name" and saved.get(key) != value:
-            raise ConfigError(f"--resume: --model {given_name}: {key} {value} differs from the checkpoint's "
-                              f"{saved.get(key)} ({where}); drop --model to continue with "
-                              f"{saved['name']}, or start a new --checkpoint-dir")
+    before = dataclasses.asdict(saved.experiment.model)
+    for key, value in dataclasses.asdict(model).items():
+        if key != "name" and before.get(key) != value:
+            raise ConfigError(f"{setting('resume')}: {setting('model')} {given_name}: {key} {value} differs from the "
+                              f"checkpoint's {before.get(key)} ({where}); drop {setting('model')} to continue with "
+                              f"{before['name']}, or start a new {setting('checkpoint_dir')}")
 
 
-def check_corpus(meta: dict, data_arg: str | None, source: str, sha256: str, where: str) -> None:
-    saved = meta["data"]
-    if sha256 != saved["sha256"]:
-        both_default = saved["arg"] is None and data_arg is None
+def check_corpus(saved: RunRecord, data_arg: str | None, source: str, sha256: str, where: str) -> None:
+    data = saved.data
+    if sha256 != data.sha256:
+        both_default = data.arg is None and data_arg is None
         hint = (" (the default corpus is this Python's own stdlib sources, which differ between versions: "
-                f"the checkpoint was written under Python {meta.get('python')})" if both_default else "")
-        raise ConfigError(f"--resume: --data: the corpus {source} (sha256 {sha256[:12]}) differs from the "
-                          f"checkpoint's {saved['source']} (sha256 {saved['sha256'][:12]}) ({where}){hint}; "
+                f"the checkpoint was written under Python {saved.python})" if both_default else "")
+        raise ConfigError(f"{setting('resume')}: {setting('data')}: the corpus {source} (sha256 {sha256[:12]}) "
+                          f"differs from the checkpoint's {data.source} (sha256 {data.sha256[:12]}) ({where}){hint}; "
                           "pass the data the run was trained on")

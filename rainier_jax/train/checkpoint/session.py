@@ -11,12 +11,13 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rainier_jax.train.checkpoint import record as resume
 from rainier_jax.dist import stopping
 from rainier_jax.train.checkpoint.store import Checkpointer, restore
-from rainier_jax.config.typed import ConfigError
+from rainier_jax.config.errors import ConfigError, setting
 from rainier_jax.train.checkpoint.record import step_record
 
 
@@ -27,8 +28,9 @@ class SavePlan:
     keep: int
     found: resume.Found | None     # the checkpoint to resume from
     notes: list[str]               # lines about settings the resumed run changes
-    record: dict                   # resume.run_record of this run
+    record: dict                   # record.run_record of this run
     primary: bool = True           # process 0 of several (or the only one): moves damaged checkpoints aside
+    warn: Callable[[str], None] | None = None   # the Checkpointer's warnings, settings marked (store.py)
 
 
 class CheckpointSession:
@@ -47,7 +49,7 @@ class CheckpointSession:
                 print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)
             for note in plan.notes:
                 print(note)
-        self.checkpointer = Checkpointer(self.directory, keep=plan.keep)
+        self.checkpointer = Checkpointer(self.directory, keep=plan.keep, warn=plan.warn)
         # SIGTERM and Ctrl-C reach `note_signal` from dist/stopping.py's watcher thread, at once even
         # while the main thread waits inside XLA; a signal before the first step ends one process
         # there and then (`nothing_to_save`).
@@ -78,10 +80,11 @@ class CheckpointSession:
             state = restore(self.found.path, program.abstract_state)
         except Exception as e:  # noqa: BLE001 — the manifest matched, so this is not damage we can route around
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ConfigError(f"--resume: {self.found.path} passed its manifest check but orbax cannot restore it "
-                              f"({type(e).__name__}: {first}); move it aside to resume from an older one") from None
-        print(f"resumed from {self.found.path} (step {self.found.step}, saved as {self.found.meta['parallel']} "
-              f"on {self.found.meta['mesh']}) in {time.perf_counter() - t0:.1f} s", flush=True)
+            raise ConfigError(f"{setting('resume')}: {self.found.path} passed its manifest check but orbax cannot "
+                              f"restore it ({type(e).__name__}: {first}); move it aside to resume from an older one") from None
+        saved = self.found.record.experiment
+        print(f"resumed from {self.found.path} (step {self.found.step}, saved as {saved.layout_text} "
+              f"on {saved.mesh}) in {time.perf_counter() - t0:.1f} s", flush=True)
         return state
 
     def save(self, step, state):

@@ -1,21 +1,26 @@
 """Asynchronous orbax checkpoints of the train state, sealed with a content manifest.
 
 A checkpoint is a plain orbax `CheckpointManager` step directory with two items:
-`state` (StandardSave: params, opt_state, step, precision — global arrays, layout-free) and `meta`
-(JsonSave: the run record of `train/checkpoint/record.py`). Saving is asynchronous: `save` returns once the arrays
-are copied off the devices, and orbax writes them in a background thread while training goes on.
-Before orbax renames the temporary directory into place, its post-finalization callback (still in
-the background thread) hashes every file into `MANIFEST.sha256`, so the manifest is part of the
-atomic commit: a committed checkpoint always carries the hashes of what was written.
+`state` (an orbax PyTree save — what `ocp.StandardCheckpointer` restores: params, opt_state, step,
+precision — global arrays, layout-free) and `meta` (JsonSave: the run record of
+`train/checkpoint/record.py`). Saving is asynchronous: `save` returns once the arrays are copied
+off the devices, and orbax writes them in a background thread while training goes on. Before orbax
+renames the temporary directory into place, its post-finalization callback (still in the
+background thread) hashes every file into `MANIFEST.sha256`, so the manifest is part of the atomic
+commit: a committed checkpoint always carries the hashes of what was written.
 
 Rainier, not orbax, decides what in the directory is a step and what may be deleted: orbax lists
-only rainier's own step folders (`_RainierSteps`), its `max_to_keep` is off, and `--keep` deletes
-only checkpoints `resume.is_own` recognises (docs/CHECKPOINTS.md, "What rainier-jax writes and
-deletes").
+only rainier's own step folders (`_RainierSteps`), its `max_to_keep` is off, and the `keep`
+setting deletes only checkpoints `record.is_own` recognises (docs/CHECKPOINTS.md, "What
+rainier-jax writes and deletes").
 
 Restoring takes the target program's shardings (`Program.abstract_state`): orbax reads each
 array straight into the new layout, so a checkpoint written under one mesh or layout continues
 under another (docs/CHECKPOINTS.md).
+
+Importing this module changes nothing outside it: orbax's logging is quieted by the front end
+that wants it quiet (`quiet_orbax_logging`), and the array handler a Checkpointer saves with is
+its own (`_type_handlers`), not a registration in orbax's global registry.
 """
 
 from __future__ import annotations
@@ -26,32 +31,39 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from rainier_jax.config.errors import ConfigError, setting, spell
 from rainier_jax.train.checkpoint import manifest
 from rainier_jax.train.checkpoint import record as resume
-from rainier_jax.config.typed import ConfigError
 from rainier_jax.train.checkpoint.record import STATE_ITEM
 from rainier_jax.train.loop import TrainState
 
 # orbax's marker of an uncommitted save: `<step>.orbax-checkpoint-tmp…` until the rename commits it.
 TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
 
-# Fault injection for the crash and signal tests: "STEP:SECONDS" holds the save of that step in
-# flight (its temporary directory on disk, not committed) for that long. Never set in normal use.
-SEAL_DELAY_ENV = "RAINIER_TEST_SEAL_DELAY"
+# Test hook, None in normal use: called with the step in orbax's background thread once that
+# save's items are written and before its manifest is sealed and the directory renamed (asynchronous
+# saves only). A test installs it — in its own process, or in a subprocess through
+# tests/fault_entry.py — to hold a save in flight (sleep) or to fail it there (raise, e.g. an OSError
+# with ENOSPC: the error then surfaces exactly as a failed manifest write would).
+before_seal: Callable[[int], None] | None = None
 
 
-def _seal_delay(step: int) -> float:
-    at, _, seconds = os.environ.get(SEAL_DELAY_ENV, "").partition(":")
-    return float(seconds) if at.strip() == str(step) else 0.0
+def quiet_orbax_logging() -> None:
+    """Silence orbax's absl logging for the rest of the process. orbax logs every save and restore
+    at INFO/WARNING, and a failed background write at ERROR before raising it to the caller; a
+    front end that reports checkpoints itself (the `rainier` CLI: one summary line, one line for a
+    failed save) calls this once. Process-wide, so never done on import."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
 
-# orbax logs every save and restore at INFO/WARNING through absl; a training run shows its own
-# one-line summary instead.
-logging.getLogger("absl").setLevel(logging.ERROR)
+
+def _warn_stderr(text: str) -> None:
+    print(f"rainier: {spell(text)}", file=sys.stderr)
 
 
 def _as_dict(state: TrainState) -> dict:
@@ -79,19 +91,40 @@ class _RainierSteps(ocp.path.step.NameFormat):
         return found
 
 
+def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
+    """orbax's standard type handlers, with this process's own handler for jax.Array. The registry
+    is the Checkpointer's alone (handed to its PyTree handler): orbax's global one, which
+    `restore` and every other orbax user in the process read, stays as orbax made it.
+
+    Replica-parallel saving splits each replicated array among its replicas so that several hosts
+    share the writing. In one process it only adds an on-device slice per replica and array —
+    compiled on the first save (2.3 s for the tiny model on 8 ranks) and dispatched on every save
+    — for writes the same process does anyway."""
+    array = ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1)
+    return ocp.type_handlers.create_type_handler_registry(
+        *((ty, array if ty is jax.Array else ocp.type_handlers.get_type_handler(ty))
+          for ty in ocp.type_handlers.supported_types()))
+
+
 class Checkpointer:
     """One run's checkpoint directory. `async_save=False` is the synchronous baseline for the
     benchmark: orbax writes inside `save`, and the manifest is written after the commit.
 
     Errors of a background save (a full disk: OSError or orbax's RuntimeError) are raised by the
     next `save` or by `close`, as orbax raises them; `discard_uncommitted` then gives the space of
-    the failed save back."""
+    the failed save back.
 
-    def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
+    `warn` receives the one warning a Checkpointer gives (a checkpoint `keep` could not delete:
+    the run goes on), its settings marked (rainier_jax/config/errors.py) for the front end to
+    spell; by default it goes to stderr with the settings' bare names."""
+
+    def __init__(self, directory: Path, *, keep: int, async_save: bool = True,
+                 warn: Callable[[str], None] | None = None):
         self.directory = Path(directory)
         self.keep = keep
         self.async_save = async_save
-        # Of several processes, only the first deletes (--keep, discard_uncommitted), as orbax's
+        self._warn = warn or _warn_stderr
+        # Of several processes, only the first deletes (`keep`, discard_uncommitted), as orbax's
         # own directory operations do: the others would race it for the same folders.
         self._primary = jax.process_index() == 0
         self._sealing: int | None = None
@@ -100,21 +133,16 @@ class Checkpointer:
         self.saved: list[int] = []               # steps whose save was started (orbax accepted it)
         self._started: list[int] = []            # steps handed to orbax (its temporary may exist)
         options = ocp.CheckpointManagerOptions(
-            # --keep is rainier's own (`_prune`): orbax's would delete whatever it lists as a step.
+            # `keep` is rainier's own (`_prune`): orbax's would delete whatever it lists as a step.
             max_to_keep=None, enable_async_checkpointing=async_save,
             step_name_format=_RainierSteps(),
             # A save cut off by a crash leaves `<step>.orbax-checkpoint-tmp`; it was never
             # committed, so it holds nothing to keep.
             cleanup_tmp_directories=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._seal) if async_save else None)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
-        # Replica-parallel saving splits each replicated array among its replicas so that several
-        # hosts share the writing. In one process it only adds an on-device slice per replica and
-        # array — compiled on the first save (2.3 s for the tiny model on 8 ranks) and dispatched
-        # on every save — for writes the same process does anyway.
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1),
-            override=True)
+        handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),
+                    "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def _pending_dir(self, step: int) -> Path:
         found = sorted(self.directory.glob(f"{step}{TMP_SUFFIX}*"))
@@ -125,15 +153,16 @@ class Checkpointer:
     def _seal(self) -> None:
         """orbax's post-finalization callback: runs after the items are written, before the rename."""
         step = self._sealing
-        time.sleep(_seal_delay(step))
+        if before_seal is not None:
+            before_seal(step)
         t0 = time.perf_counter()
         manifest.write(self._pending_dir(step))
         self.seal_seconds.append(time.perf_counter() - t0)
 
     def _prune(self) -> None:
-        """--keep: delete all but the newest `keep` of rainier's own committed checkpoints. Only
+        """`keep`: delete all but the newest `keep` of rainier's own committed checkpoints. Only
         called once every save started so far has committed, so the newest are always complete.
-        A folder `resume.is_own` does not recognise is never touched, whatever its name."""
+        A folder `record.is_own` does not recognise is never touched, whatever its name."""
         if not self._primary:
             return
         try:
@@ -150,8 +179,8 @@ class Checkpointer:
                 os.replace(path, doomed)
                 shutil.rmtree(doomed)
             except OSError as e:   # a checkpoint too many costs disk, not the run
-                print(f"rainier: --keep {self.keep}: could not delete {path} ({e.strerror}); left in place",
-                      file=sys.stderr)
+                self._warn(f"{setting('keep')} {self.keep}: could not delete {path} ({e.strerror}); "
+                           "left in place")
 
     def save(self, step: int, state: TrainState, record: dict) -> None:
         """Start saving `state` (completed step `step`); returns when the loop may continue."""
@@ -165,12 +194,13 @@ class Checkpointer:
         if os.path.lexists(target):
             # orbax would delete it to make room (it saves with force=True). Nothing rainier wrote
             # can be there: newer checkpoints were moved aside before the run started.
-            raise ConfigError(f"--checkpoint-dir {self.directory}: {target} appeared during the run; rainier-jax "
-                              f"does not overwrite it — move it out of {self.directory}, then --resume")
+            raise ConfigError(f"{setting('checkpoint_dir')} {self.directory}: {target} appeared during the run; "
+                              f"rainier-jax does not overwrite it — move it out of {self.directory}, then "
+                              f"{setting('resume')}")
         self._sealing = step
         self._started.append(step)   # before orbax creates the temporary directory: discard_uncommitted finds it
         started = self._manager.save(step, args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave(_as_dict(state)), "meta": ocp.args.JsonSave(record)}))
+            **{STATE_ITEM: ocp.args.PyTreeSave(_as_dict(state)), "meta": ocp.args.JsonSave(record)}))
         if not started:   # orbax skips a step at or below one it lists; none should be listed
             raise RuntimeError(f"checkpoint {step}: orbax declined to save it (steps it lists: "
                                f"{self._manager.all_steps()})")
@@ -203,7 +233,7 @@ class Checkpointer:
         return removed
 
     def close(self) -> None:
-        """Wait until every save started so far is committed, apply --keep, release the manager.
+        """Wait until every save started so far is committed, apply `keep`, release the manager.
         A failed save raises here (the manager is released all the same)."""
         try:
             self._manager.wait_until_finished()
