@@ -143,6 +143,28 @@ def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
     assert losses(tmp_path / "m.jsonl") == {s: ref[s] for s in (9, 10, 11, 12)}
 
 
+def test_a_version_1_checkpoint_resumes_bitwise(reference, tmp_path):
+    """A checkpoint written before the record kept the experiment as one table (format version 1:
+    mesh, lnc, model and run at the top, the layout as text) resumes as it always did."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference / "ckpt", ckpt)
+    for newer in ("8", "12"):
+        shutil.rmtree(ckpt / newer)
+    meta = ckpt / "4" / "meta" / "metadata"
+    rec = json.loads(meta.read_text())
+    exp = rec.pop("experiment")
+    rec.update(format="rainier-jax checkpoint v1", format_version=1, mesh=exp["mesh"], lnc=exp["lnc"],
+               parallel=",".join(f"{a}={n}" for a, n in exp["layout"].items()), model=exp["model"], run=exp["run"])
+    meta.write_text(json.dumps(rec))
+    manifest.write(ckpt / "4")    # sealed as version 1 sealed it: the manifest lists the record
+    r = rainier("train", "--checkpoint-dir", str(ckpt), "--resume", "--metrics", str(tmp_path / "m.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {ckpt / '4'} (step 4, saved as pp=1,dp=8,fsdp=1,tp=1 on trn2-mini-8)" in r.stdout
+    ref = losses(reference / "m.jsonl")
+    assert losses(tmp_path / "m.jsonl") == {s: ref[s] for s in range(5, 13)}
+    assert record.newest_intact(ckpt).record.format_version == record.FORMAT_VERSION   # new saves: v2
+
+
 def test_no_intact_checkpoint_is_exit_2(reference, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference / "ckpt", ckpt)

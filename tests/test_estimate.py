@@ -49,7 +49,7 @@ def test_rainier_recipe_equals_the_partitioned_hlo(layout, settings):
     run = dataclasses.replace(RUN, **settings)
     lay = parse_layout(layout, 8)
     profile = compiled.profile_step(resolve(MINI8, TINY, lay, run))
-    analytic = estimate(TINY, MINI8, lay, run, recipe="rainier")
+    analytic = estimate(resolve(MINI8, TINY, lay, run), recipe="rainier")
     assert _bytes(analytic.comms) == _bytes(profile.collectives)
     # Memory may differ (CPU temporaries); traffic may not.
     assert not [line for line in discrepancies(profile, analytic) if "sends" in line]
@@ -60,7 +60,7 @@ def test_what_the_model_does_not_cover_is_reported():
     compiled program sends far more than the recipe expects, and the comparison says so."""
     run = dataclasses.replace(RUN, microbatches=4, schedule="interleaved", virtual_stages=2)
     lay = parse_layout("dp=2,tp=2,pp=2", 8)
-    found = discrepancies(compiled.profile_step(resolve(MINI8, TINY, lay, run)), estimate(TINY, MINI8, lay, run,
+    found = discrepancies(compiled.profile_step(resolve(MINI8, TINY, lay, run)), estimate(resolve(MINI8, TINY, lay, run),
                                                                                  recipe="rainier"))
     assert any("collective-permute over pp" in line for line in found), found
 
@@ -70,7 +70,7 @@ def test_nxd_sends_less_than_rainiers_program():
     per step) moves fewer bytes over tp and dp than rainier's — the gap `--compiled` reports."""
     run = RunConfig(batch=16, seq=64, precision="bf16-mixed", microbatches=2)
     lay = parse_layout("dp=2,tp=4", 8)
-    nxd, own = (_bytes(estimate(TINY, MINI8, lay, run, recipe=r).comms) for r in ("nxd", "rainier"))
+    nxd, own = (_bytes(estimate(resolve(MINI8, TINY, lay, run), recipe=r).comms) for r in ("nxd", "rainier"))
     for axes in (("tp",), ("dp",)):
         assert sum(v for (k, a), v in nxd.items() if a == axes) < sum(v for (k, a), v in own.items() if a == axes)
 
@@ -84,7 +84,7 @@ TRN2 = load_topology("trn2-instance")
 def test_step_time_and_mfu_follow_their_definitions():
     run = RunConfig(batch=64, seq=4096, precision="bf16-mixed", microbatches=8, remat="selective")
     lay = ParallelLayout(tp=16, pp=2, dp=2)
-    e = estimate(LLAMA8, TRN2, lay, run)
+    e = estimate(resolve(TRN2, LLAMA8, lay, run))
     assert e.step_time_s == pytest.approx(e.compute_s / (1 - e.bubble) + sum(c.seconds for c in e.comms))
     assert e.bubble == build_schedule("1f1b", 2, 8).bubble()
     peak = TRN2.peak_flops["bf16"] / TRN2.ranks_per_chip
@@ -96,25 +96,26 @@ def test_step_time_and_mfu_follow_their_definitions():
 def test_memory_follows_remat_and_the_schedule():
     base = RunConfig(batch=64, seq=4096, precision="bf16-mixed", microbatches=8)
     lay = ParallelLayout(tp=16, pp=4)
-    acts = {r: memory(LLAMA8, TRN2, lay, dataclasses.replace(base, remat=r)).activations
+    acts = {r: memory(resolve(TRN2, LLAMA8, lay, dataclasses.replace(base, remat=r))).activations
             for r in ("full", "selective", "none")}
     assert acts["full"] < acts["selective"] < acts["none"]
     # 1F1B holds P microbatches at the first stage, GPipe all M.
-    f1b = memory(LLAMA8, TRN2, lay, base).activations
-    gpipe = memory(LLAMA8, TRN2, lay, dataclasses.replace(base, schedule="gpipe")).activations
+    f1b = memory(resolve(TRN2, LLAMA8, lay, base)).activations
+    gpipe = memory(resolve(TRN2, LLAMA8, lay, dataclasses.replace(base, schedule="gpipe"))).activations
     assert gpipe == pytest.approx(f1b * 8 / 4)
     # ZeRO-1 splits the optimizer state over dp and nothing else.
     dp = ParallelLayout(tp=16, dp=4)
-    plain, z = (memory(LLAMA8, TRN2, dp, dataclasses.replace(base, microbatches=1, zero1=v)) for v in (False, True))
+    plain, z = (memory(resolve(TRN2, LLAMA8, dp, dataclasses.replace(base, microbatches=1, zero1=v))) for v in (False, True))
     assert z.weights == plain.weights and z.grads == plain.grads
     assert z.optimizer == pytest.approx(plain.optimizer / 4, rel=1e-3)
 
 
 def test_groups_spanning_nodes_are_priced_at_efa():
-    """dp across 4 instances joined by EFA: its collectives cross efa, never NeuronLink rates."""
+    """dp across 4 instances joined by EFA: its collectives cross efa, never NeuronLink rates.
+    (tp=32 with fsdp=2 fills each instance: the model's 32 heads admit no wider tp.)"""
     topo = with_nodes(TRN2, 4)
     run = RunConfig(batch=64, seq=4096, precision="bf16-mixed")
-    e = estimate(LLAMA8, topo, ParallelLayout(tp=64, dp=4), run)
+    e = estimate(resolve(topo, LLAMA8, ParallelLayout(tp=32, fsdp=2, dp=4), run))
     (dp,) = [c for c in e.comms if c.axes == ("dp",)]
     assert dp.priced.link == "efa"
     assert {c.priced.link for c in e.comms if c.axes == ("tp",)} == {"torus"}
@@ -123,7 +124,7 @@ def test_groups_spanning_nodes_are_priced_at_efa():
 def test_gpt2_is_analytic_only():
     gpt2 = dataclasses.replace(TINY, name="gpt2-like", arch="gpt2", n_kv_heads=TINY.n_heads, max_positions=64,
                                tie_embeddings=True)
-    e = estimate(gpt2, MINI8, ParallelLayout(dp=4, tp=2), RunConfig(batch=16, seq=64))
+    e = estimate(resolve(MINI8, gpt2, ParallelLayout(dp=4, tp=2), RunConfig(batch=16, seq=64)))
     assert e.step_time_s > 0 and e.memory.fits
     with pytest.raises(ValueError, match="recipe rainier"):
-        estimate(gpt2, MINI8, ParallelLayout(dp=4, tp=2), RunConfig(batch=16, seq=64), recipe="rainier")
+        estimate(resolve(MINI8, gpt2, ParallelLayout(dp=4, tp=2), RunConfig(batch=16, seq=64)), recipe="rainier")

@@ -194,13 +194,13 @@ def test_size_product_names_each_factor():
 
 def test_host_memory_check_compares_with_what_is_available():
     from rainier_jax.perf import host_memory
-    from rainier_jax.parallel.layout import parse_layout
+    from rainier_jax.parallel.experiment import resolve
     from rainier_jax.spec.model import load_model
     from rainier_jax.spec.run import RunConfig
     from rainier_jax.hardware.topology import load_topology
 
     topo = load_topology("trn2-mini-8")
-    need = host_memory.need(load_model("tiny"), topo, parse_layout(None, 8), RunConfig(), what="tiny")
+    need = host_memory.need(resolve(topo, load_model("tiny"), None, RunConfig()), what="tiny")
     # tiny's 2.0M parameters at 16 B each, on each of 8 replicas, are part of what it needs
     assert need.per_rank >= 2_033_792 * 16 and need.ranks == 8
     total = need.total + host_memory.RUNTIME_BYTES

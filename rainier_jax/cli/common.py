@@ -87,12 +87,12 @@ def start_jax(num_devices: int, cluster=None, topo=None) -> None:
     (cluster.from_env) this process takes its share of `topo`'s ranks and joins the others."""
     set_xla_flags()
     import jax
-    if cluster is not None and cluster.num_processes > 1:
+    processes = cluster.num_processes if cluster is not None else 1
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices // processes)   # this process's share
+    if processes > 1:
         from rainier_jax.dist import cluster as cluster_lib
         cluster_lib.start(cluster, topo)
-    else:
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", num_devices)
     if len(jax.devices()) != num_devices:  # JAX was started before the CLI could size it
         raise ConfigError(f"needs {num_devices} CPU devices but JAX already has {len(jax.devices())}; "
                           "run rainier in a fresh process")

@@ -54,7 +54,8 @@ def add_mesh_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_pipeline_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", default=None, help=f"pipeline schedule: gpipe, 1f1b or interleaved [{run_default('schedule')}]")
+    p.add_argument("--schedule", default=None,
+                   help=f"pipeline schedule: gpipe, 1f1b or interleaved [{run_default('schedule')}]")
     p.add_argument("--microbatches", type=int, default=None,
                    help="microbatches per data-parallel replica per step; with pp=1, gradient accumulation "
                         f"[{run_default('microbatches')}]")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from rainier_jax.cli.common import DEFAULT_MESH, DEFAULT_MODEL, check_only, defaulted, run_config, start_jax, writable_dir
+from rainier_jax.cli.common import (DEFAULT_MESH, DEFAULT_MODEL, check_only, defaulted, run_config, start_jax,
+                                    writable_dir)
 from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags, preset_help, run_default, shown
 from rainier_jax.config.errors import ConfigError, setting
 
@@ -69,7 +70,8 @@ def cmd_parity(args) -> int:
             raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks fits the model and --batch {run.batch}")
     else:
         candidates = [parse_layout(args.parallel, topo.num_ranks)]
-    reference = None if args.reference == "single" else parse_layout(args.reference, topo.num_ranks, setting="reference")
+    reference = (None if args.reference == "single"
+                 else parse_layout(args.reference, topo.num_ranks, setting="reference"))
     ref_layout = reference or ParallelLayout()
     # The reference is the plain model unless it is itself pipelined: no microbatching at pp=1.
     # Its precision is the candidate's unless given: by default parity checks a layout.
@@ -90,13 +92,13 @@ def cmd_parity(args) -> int:
             print(f"--matrix: {len(skipped)} pipeline layouts skipped: --precision {run.precision} cannot run them")
         if not candidates:
             raise ConfigError(f"--matrix: no layout of {topo.num_ranks} ranks can run --precision {run.precision}")
-    given = defaulted(args)
-    experiments = [resolve(topo, model, c, run_for(c), defaulted=given) for c in candidates]
+    at_default = defaulted(args)   # messages say "(the default)" for these
+    experiments = [resolve(topo, model, c, run_for(c), defaulted=at_default) for c in candidates]
     if reference is None:
         ref = single_device(model, ref_run, precision_setting="reference_precision")
     else:
         ref = resolve(topo, model, reference, ref_run, setting="reference",
-                      precision_setting="reference_precision", defaulted=given)
+                      precision_setting="reference_precision", defaulted=at_default)
     # The reference and one candidate at a time are held (each candidate's program is dropped
     # before the next is built): the largest candidate decides.
     from rainier_jax.perf import host_memory
@@ -104,7 +106,8 @@ def cmd_parity(args) -> int:
     biggest = max((host_memory.need(e, what=f"candidate {e.layout}", ranks=round(e.layout.size * share))
                    for e in experiments), key=lambda n: n.total)
     ref_need = host_memory.need(ref, what=f"reference {reference or 'single'}", topology=topo)
-    host_memory.check([biggest, ref_need], subject=f"{setting('model')} {model.name} on {topo.name}", processes_here=here,
+    host_memory.check([biggest, ref_need], subject=f"{setting('model')} {model.name} on {topo.name}",
+                      processes_here=here,
                       hint=host_memory.hint_for(max(candidates, key=lambda c: c.dp)))
     # Only process 0 prints and writes the report; every process computes the same verdict.
     report_dir = writable_dir(args.report) if args.report and cluster.primary else None

@@ -156,7 +156,8 @@ def cmd_train(args) -> int:
     if ckpt_dir is not None:
         from rainier_jax.train.checkpoint import record as resume
         from rainier_jax.train.checkpoint.session import SavePlan
-        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or DEFAULT_KEEP, found=found,
+        saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or DEFAULT_KEEP,
+                         found=found,
                          warn=lambda text: print(f"rainier: {shown(text, args)}", file=sys.stderr),
                          notes=[shown(n, args) for n in notes] if cluster.primary else [], primary=cluster.primary,
                          record=resume.run_record(

@@ -118,13 +118,11 @@ def local_ranks(cluster: Cluster, topo) -> range:
 
 
 def start(cluster: Cluster, topo) -> None:
-    """Set the CPU device count and join the cluster; then check that JAX's global device order
-    puts this process's devices at its ranks."""
+    """Join the cluster (the caller has set this process's CPU device count: its share of the
+    topology's ranks); then check that JAX's global device order puts this process's devices at
+    its ranks."""
     import jax
 
-    per = topo.num_ranks // cluster.num_processes
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", per)
     if cluster.num_processes == 1:
         return
     kwargs = dict(heartbeat_timeout_seconds=HEARTBEAT_S, shutdown_timeout_seconds=SHUTDOWN_S,

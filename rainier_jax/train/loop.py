@@ -16,15 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rainier_jax.train import data as data_lib
 from rainier_jax.dist.arrays import local_value, to_devices
 from rainier_jax.model import numerics
 from rainier_jax.parallel import sharding
 from rainier_jax.parallel.experiment import Experiment
-from rainier_jax.parallel.layout import ParallelLayout
-from rainier_jax.spec.model import ModelConfig
 from rainier_jax.train.metrics import StepRecord
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads
 from rainier_jax.spec.precision import Policy
@@ -83,21 +81,11 @@ class Program:
     grads: Callable      # jitted: (state, batch) → (loss, unscaled grads); for parity checks
     compile_seconds: float
 
-    @property
-    def mesh(self) -> Mesh:
-        return self.experiment.mesh
-
-    @property
-    def layout(self) -> ParallelLayout:
-        return self.experiment.layout
-
-    @property
-    def model(self) -> ModelConfig:
-        return self.experiment.model
-
-    @property
-    def run(self) -> RunConfig:
-        return self.experiment.run
+    # The experiment's pieces, for code that holds only the program (the loop, the parity harness).
+    mesh = property(lambda self: self.experiment.mesh, doc="the experiment's mesh")
+    layout = property(lambda self: self.experiment.layout, doc="the experiment's layout")
+    model = property(lambda self: self.experiment.model, doc="the experiment's model")
+    run = property(lambda self: self.experiment.run, doc="the experiment's run settings")
 
     @property
     def replicated(self) -> NamedSharding:

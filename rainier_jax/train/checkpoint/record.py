@@ -2,10 +2,11 @@
 
 A checkpoint's `meta` item (plain JSON, orbax's JsonSave) holds the resolved experiment of the run
 that wrote it (mesh, layout, model and run settings, as structured fields) with a format version.
-`--resume` starts from those settings: a flag the user gives on resume either may change (the layout and the mesh — restoring reshards; `--steps` and `--lr`, said in a line), or
-changes the math and is refused with one line naming the setting, its saved and its new value.
-Choosing the checkpoint (newest first, manifest verified, run record validated) happens here too,
-before JAX starts: stdlib only. So does telling rainier's step folders from anyone else's
+A resumed run starts from those settings: a setting given again on resume either may change (the
+layout and the mesh — restoring reshards; `steps` and `lr`, said in a line), or changes the math
+and is refused with one line naming the setting, its saved and its new value. Choosing the
+checkpoint (newest first, manifest verified, run record validated) happens here too, before JAX
+starts: no JAX imported. So does telling rainier's step folders from anyone else's
 (docs/CHECKPOINTS.md, "What rainier-jax writes and deletes").
 """
 
