@@ -31,7 +31,7 @@ from rainier_jax.hardware.topology import load_topology
 from rainier_jax.parallel.experiment import resolve
 from rainier_jax.spec.model import load_model
 from rainier_jax.spec.run import RunConfig
-from rainier_jax.train.loop import TrainState
+from rainier_jax.train.state import TrainState
 
 TINY = load_model("tiny")
 TMP = ".orbax-checkpoint-tmp"   # orbax's name for a save not committed yet

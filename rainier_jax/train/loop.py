@@ -24,6 +24,7 @@ from rainier_jax.model import numerics
 from rainier_jax.parallel import sharding
 from rainier_jax.parallel.experiment import Experiment
 from rainier_jax.train.metrics import StepRecord
+from rainier_jax.train.state import TrainState
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads
 from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
@@ -53,17 +54,6 @@ def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
         optax.adamw(lr_schedule(run), b1=0.9, b2=0.95, eps=1e-8,
                     weight_decay=run.weight_decay, mask=decay_mask),
     )
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class TrainState:
-    params: dict
-    opt_state: Any
-    step: jax.Array  # completed steps (the data position), int32 scalar
-    # The policy's own state: loss scale, good-step and skip counts (fp16-mixed), amax histories
-    # (fp8); empty otherwise.
-    precision: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

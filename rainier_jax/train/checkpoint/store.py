@@ -41,7 +41,7 @@ from rainier_jax.config.errors import ConfigError, setting, spell
 from rainier_jax.train.checkpoint import manifest
 from rainier_jax.train.checkpoint import record as resume
 from rainier_jax.train.checkpoint.record import STATE_ITEM
-from rainier_jax.train.loop import TrainState
+from rainier_jax.train.state import TrainState
 
 # orbax's marker of an uncommitted save: `<step>.orbax-checkpoint-tmp…` until the rename commits it.
 TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
