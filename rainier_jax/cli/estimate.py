@@ -73,18 +73,13 @@ def _setup(args):
     return cfg, topo
 
 
-def _run(args):
-    from rainier_jax.cli.common import run_config
-    return run_config(args)
-
-
 def cmd_estimate(args) -> int:
-    from rainier_jax.cli.common import defaulted
+    from rainier_jax.cli.common import defaulted, run_config
     from rainier_jax.perf.estimate import estimate
     from rainier_jax.parallel.experiment import resolve
 
     cfg, topo = _setup(args)
-    experiment = resolve(topo, cfg, args.parallel, _run(args), defaulted=defaulted(args))
+    experiment = resolve(topo, cfg, args.parallel, run_config(args), defaulted=defaulted(args))
     layout = experiment.layout
     if args.compiled:
         from rainier_jax.perf.compiled import check_compilable

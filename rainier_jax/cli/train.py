@@ -61,7 +61,7 @@ def checkpoint_plan(args):
     settings the resumed run changes)."""
     from pathlib import Path
 
-    from rainier_jax.train.checkpoint import record as resume
+    from rainier_jax.train.checkpoint import record as records
 
     if args.checkpoint_dir is None:
         for name in ("checkpoint_every", "keep"):
@@ -81,16 +81,16 @@ def checkpoint_plan(args):
     args.checkpoint_dir = os.path.abspath(args.checkpoint_dir)
     directory = Path(args.checkpoint_dir)
     if not args.resume:
-        if steps := resume.steps_on_disk(directory):
+        if steps := records.steps_on_disk(directory):
             raise ConfigError(f"--checkpoint-dir {directory} already holds checkpoints (steps "
                               f"{', '.join(map(str, steps))}); pass --resume to continue that run, or give "
                               "an empty directory")
         return writable_dir(args.checkpoint_dir, "--checkpoint-dir"), None, []
-    found = resume.newest_intact(directory)
+    found = records.newest_intact(directory)
     where = str(found.path)
     if "mesh" in given(args, ["mesh"]):
-        args.mesh = resume.absolute_if_path(args.mesh)
-    settings, notes = resume.merge(found.record, given(args, run_settings(args) + resume.RESUMED_SETTINGS),
+        args.mesh = records.absolute_if_path(args.mesh)
+    settings, notes = records.merge(found.record, given(args, run_settings(args) + records.RESUMED_SETTINGS),
                                    where=where)
     for name, value in settings.items():
         setattr(args, name, value)
@@ -124,9 +124,9 @@ def cmd_train(args) -> int:
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     start = 0
     if found is not None:
-        from rainier_jax.train.checkpoint import record as resume
-        resume.check_model(found.record, model, args.model, str(found.path))
-        resume.check_corpus(found.record, args.data, corpus.source, corpus.sha256, str(found.path))
+        from rainier_jax.train.checkpoint import record as records
+        records.check_model(found.record, model, args.model, str(found.path))
+        records.check_corpus(found.record, args.data, corpus.source, corpus.sha256, str(found.path))
         start = found.step
         if start >= run.steps:
             print(f"the checkpoint {found.path} has completed all {run.steps} steps of the run; nothing to do "
@@ -154,15 +154,15 @@ def cmd_train(args) -> int:
             print(shown(note, args), file=sys.stderr)
     saver = None
     if ckpt_dir is not None:
-        from rainier_jax.train.checkpoint import record as resume
+        from rainier_jax.train.checkpoint import record as records
         from rainier_jax.train.checkpoint.session import SavePlan
         saver = SavePlan(directory=ckpt_dir, every=args.checkpoint_every or 0, keep=args.keep or DEFAULT_KEEP,
                          found=found,
                          warn=lambda text: print(f"rainier: {shown(text, args)}", file=sys.stderr),
                          notes=[shown(n, args) for n in notes] if cluster.primary else [], primary=cluster.primary,
-                         record=resume.run_record(
-                             experiment, mesh=resume.absolute_if_path(args.mesh or DEFAULT_MESH),
-                             data_arg=resume.absolute_if_path(args.data), corpus_source=corpus.source,
+                         record=records.run_record(
+                             experiment, mesh=records.absolute_if_path(args.mesh or DEFAULT_MESH),
+                             data_arg=records.absolute_if_path(args.data), corpus_source=corpus.source,
                              corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
                              keep=args.keep or DEFAULT_KEEP))
     start_jax(topo.num_ranks, cluster, topo)
@@ -317,14 +317,14 @@ def _halt(halted: Exception, session, save_failed: bool, cluster) -> int:
     (every completed checkpoint is already committed; the failed one's temporary is removed)."""
     line = f"rainier: stopped: {halted}"
     if session is not None:
-        from rainier_jax.train.checkpoint import record as resume
+        from rainier_jax.train.checkpoint import record as records
         if save_failed:
             try:
                 session.checkpointer.discard_uncommitted()
             except Exception:  # noqa: BLE001 — it re-raises the failure already being reported
                 pass
         try:
-            found = resume.newest_intact(session.directory)
+            found = records.newest_intact(session.directory)
             line += f"; the newest intact checkpoint is {found.path} (step {found.step}): continue with --resume"
         except Exception:  # noqa: BLE001 — none committed yet, or none intact
             line += f"; no intact checkpoint in {session.directory}"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.train.checkpoint import record as records
 from rainier_jax.dist import stopping
 from rainier_jax.train.checkpoint.store import Checkpointer, restore
 from rainier_jax.config.errors import ConfigError, setting
@@ -26,7 +26,7 @@ class SavePlan:
     directory: Path
     every: int                     # save every K steps (0: only at the end and when stopped)
     keep: int
-    found: resume.Found | None     # the checkpoint to resume from
+    found: records.Found | None     # the checkpoint to resume from
     notes: list[str]               # lines about settings the resumed run changes
     record: dict                   # record.run_record of this run
     primary: bool = True           # process 0 of several (or the only one): moves damaged checkpoints aside
@@ -45,7 +45,7 @@ class CheckpointSession:
             # Every process chose the checkpoint from the same files before JAX started (and
             # JAX's start is a barrier), so only process 0 touches the directory.
             for path, why in self.found.rejected:
-                aside = resume.set_aside(path)
+                aside = records.set_aside(path)
                 print(f"checkpoint {path}: {why}; moved aside to {aside.name}", file=sys.stderr)
             for note in plan.notes:
                 print(note)

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 
 from rainier_jax.config.errors import ConfigError, setting, spell
 from rainier_jax.train.checkpoint import manifest
-from rainier_jax.train.checkpoint import record as resume
+from rainier_jax.train.checkpoint import record as records
 from rainier_jax.train.checkpoint.record import STATE_ITEM
 from rainier_jax.train.state import TrainState
 
@@ -82,11 +82,11 @@ class _RainierSteps(ocp.path.step.NameFormat):
         return self._standard.build_name(step)
 
     def find_all(self, base_path):
-        return (m for m in self._standard.find_all(base_path) if resume.foreign(Path(m.path)) is None)
+        return (m for m in self._standard.find_all(base_path) if records.foreign(Path(m.path)) is None)
 
     def find_step(self, base_path, step: int):
         found = self._standard.find_step(base_path, step)
-        if resume.foreign(Path(found.path)) is not None:
+        if records.foreign(Path(found.path)) is not None:
             raise ValueError(f"{found.path} is not a rainier-jax checkpoint")
         return found
 
@@ -167,7 +167,7 @@ class Checkpointer:
             return
         try:
             own = sorted(int(n) for n in os.listdir(self.directory)
-                         if resume.is_step_name(n) and resume.is_own(self.directory / n))
+                         if records.is_step_name(n) and records.is_own(self.directory / n))
         except OSError:
             return   # nothing listed, nothing deleted; the next save or close tries again
         for step in own[:-self.keep]:
