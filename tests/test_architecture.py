@@ -55,7 +55,7 @@ cli       cli                                    *                              
 JAX_PACKAGES = {"jax", "jaxlib", "flax", "optax", "orbax"}
 # The one place a JAX-free module may import JAX, inside one function: the experiment is built and
 # validated without JAX, and its mesh is made only when a command that runs JAX asks for it.
-LAZY_JAX = {("rainier_jax.parallel.experiment", "Experiment.mesh")}
+LAZY_JAX = {("rainier_jax.parallel.experiment", "mesh_of")}
 
 
 @dataclass(frozen=True)

@@ -61,17 +61,7 @@ class Experiment:
     def mesh(self) -> Mesh:
         """The JAX mesh whose entry at each position is the emulated rank placed there (device r
         is rank r), with Auto axes (the decided sharding mode; see docs/DESIGN.md)."""
-        import jax
-        from jax.sharding import AxisType, Mesh
-
-        if self.placement is None:
-            # One device: each process's own first one (with several processes, device 0 is
-            # not everyone's to use, so every process holds its own single-device reference).
-            chosen = np.array(jax.local_devices()[:1])
-        else:
-            chosen = np.array(jax.devices())[self.placement]
-        return Mesh(chosen.reshape([getattr(self.layout, a) for a in AXES]), AXES,
-                    axis_types=(AxisType.Auto,) * len(AXES))
+        return mesh_of(self.layout, self.placement)
 
     def warnings(self) -> list[str]:
         """Placements that run but cross slower links than they need to (the topology rules)."""
@@ -86,6 +76,21 @@ class Experiment:
         validate_all(self.layout, self.model, run)
         check_compatible(run.policy, pp=self.layout.pp, microbatches=run.microbatches)
         return Experiment(self.model, run, self.layout, self.topology, self.placement)
+
+
+def mesh_of(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
+    """The JAX mesh of a layout placed on a topology (`placement`, as `place` returns it): device r
+    at the position of rank r, axes in `AXES` order, all Auto. With no placement, one device: each
+    process's own first one (with several processes, device 0 is not everyone's to use, so every
+    process holds its own single-device reference)."""
+    import jax
+    from jax.sharding import AxisType, Mesh
+
+    if placement is None:
+        chosen = np.array(jax.local_devices()[:1])
+    else:
+        chosen = np.array(jax.devices())[placement]
+    return Mesh(chosen.reshape([getattr(layout, a) for a in AXES]), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def resolve(topology: Topology | None, model: ModelConfig, parallel: str | ParallelLayout | None, run: RunConfig,

@@ -61,28 +61,35 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
         # A tensor past this has no real model behind it (llama-3.1-405b's largest, the stacked
         # MLP weights, holds 1.1e11 elements) and sizes near 2**63 make XLA abort the process.
-        for path, shape in _leaves_with_paths(param_shapes(self)):
+        for path, shape in leaves_with_paths(param_shapes(self)):
             size_product(f"parameter {path}", shape, limit=MAX_TENSOR_ELEMENTS,
                          why="elements in one tensor; no real model comes near it")
 
     def num_params(self) -> int:
-        return sum(math.prod(shape) for shape in _leaves(param_shapes(self)))
+        return sum(math.prod(shape) for shape in leaves(param_shapes(self)))
+
+    # The model-spec questions every model answers (rainier_jax/model/seam.py).
+    def param_shapes(self) -> dict:
+        return param_shapes(self)
+
+    def param_axes(self) -> dict:
+        return param_axes(self)
 
 
 MAX_TENSOR_ELEMENTS = 2**48
 
 
-def _leaves_with_paths(tree: dict, prefix: str = ""):
+def leaves_with_paths(tree: dict, prefix: str = ""):
     for k, v in tree.items():
         if isinstance(v, dict):
-            yield from _leaves_with_paths(v, f"{prefix}{k}/")
+            yield from leaves_with_paths(v, f"{prefix}{k}/")
         else:
             yield f"{prefix}{k}", v
 
 
-def _leaves(tree: dict):
+def leaves(tree: dict):
     for v in tree.values():
-        yield from (_leaves(v) if isinstance(v, dict) else [v])
+        yield from (leaves(v) if isinstance(v, dict) else [v])
 
 
 def load_model(name_or_path: str, *, setting: str = "model") -> ModelConfig:

@@ -1,0 +1,63 @@
+"""The built-in Llama behind the model seam (rainier_jax/model/seam.py): its tree is
+`spec.model.param_shapes`/`param_axes`, its math `model/llama.py`, its fp8 metadata
+`model/numerics.py`'s."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from rainier_jax.model import llama, numerics
+from rainier_jax.model.seam import Context, Params
+from rainier_jax.spec.model import ModelConfig
+from rainier_jax.spec.precision import Policy
+
+
+def _compute(ctx: Context) -> numerics.Compute:
+    return ctx.compute or numerics.FP32
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaStages:
+    cfg: ModelConfig
+    layers: str = "layers"
+
+    def embed(self, outer: Params, tokens_BxT, ctx: Context):
+        return llama.embed(outer, tokens_BxT, ctx.constrain, _compute(ctx))
+
+    def blocks(self, layers: Params, x_BxTxD, ctx: Context):
+        return llama.run_layers(layers, x_BxTxD, self.cfg, ctx.constrain, _compute(ctx), ctx.remat)
+
+    def head(self, outer: Params, x_BxTxD, ctx: Context):
+        return llama.head(outer, x_BxTxD, self.cfg, ctx.constrain, _compute(ctx))
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama:
+    spec: ModelConfig
+
+    @property
+    def stages(self) -> LlamaStages:
+        return LlamaStages(self.spec)
+
+    def init(self, key) -> Params:
+        return llama.init_params(self.spec, key)
+
+    def logits(self, params: Params, tokens_BxT, ctx: Context):
+        return llama.forward(params, tokens_BxT, self.spec, ctx.constrain, _compute(ctx), ctx.remat)
+
+    def decay_mask(self, params: Params) -> Params:
+        # No weight decay on norm scales: decaying them towards 0 fights the normalisation.
+        return jax.tree_util.tree_map_with_path(lambda path, _: not path[-1].key.endswith("norm"), params)
+
+    def precision_problem(self, policy: Policy, setting: str = "precision") -> str | None:
+        del policy, setting   # the built-in model runs every preset
+        return None
+
+    def fp8_init(self, policy: Policy) -> Params:
+        return numerics.fp8_meta_init(self.spec.n_layers, policy)
+
+    def with_fp8(self, params: Params, meta: Params | None) -> Params:
+        return numerics.with_fp8(params, meta)
+
