@@ -13,6 +13,8 @@ from rainier_jax.parallel import sharding
 from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.parallel.placement import layout_warnings, place
 from rainier_jax.parity.harness import Bound, run_parity
+from rainier_jax.model.networks import network
+from rainier_jax.model.seam import Context
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads, plan
 from rainier_jax.parallel.schedules import build_schedule, pack
 from rainier_jax.parallel.experiment import resolve
@@ -84,8 +86,8 @@ def test_nan_in_bubbles_never_reaches_loss_or_gradients(kind, P, M, V, corpus):
                            sharding.batch_sharding(mesh))
 
     def run(fill):
-        f = jax.jit(lambda p, b: pipeline_loss_and_grads(p, b, TINY, schedule, mesh, layout, constrain,
-                                                         bubble_fill=fill))
+        f = jax.jit(lambda p, b: pipeline_loss_and_grads(p, b, network(TINY), schedule, mesh, layout,
+                                                         Context(constrain), bubble_fill=fill))
         return jax.device_get(f(params, batch))
 
     clean, poisoned = run(0.0), run(float("nan"))

@@ -1,12 +1,13 @@
 """What the `rainier` subcommands share: defaults, reading run settings from flags, output
-directories, and starting JAX on the right number of emulated devices (the only place that
-touches `jax.config`, with tests/conftest.py)."""
+directories, and starting JAX on the right number of emulated devices (`start_jax`, from
+rainier_jax/dist/startup.py, which `rj.emulate()` starts JAX through too)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from rainier_jax.config.errors import ConfigError
+from rainier_jax.dist.startup import XLA_FLAGS, set_xla_flags, start_jax  # noqa: F401 (the commands' names for them)
 
 DEFAULT_MESH = "trn2-mini-8"
 # Set by `rainier launch` for a dry run of the command it wraps: validate everything, stop before
@@ -61,38 +62,3 @@ def writable_dir(path: str, flag: str = "--report"):
     except OSError as e:
         raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror}); give a writable directory") from None
     return d
-
-
-# XLA:CPU's "platform-dependent math" computes sqrt, division and transcendental functions with
-# vector approximations whose last bit depends on where an element falls in a vector; a tensor
-# split over ranks then rounds differently from the same tensor whole (ZeRO-1's Adam update was
-# 1 ulp off on some elements on an AMD EPYC host, bitwise on others). Off, every element is
-# computed the same way whatever the layout; no throughput change measured (4.2–4.3k tok/s).
-XLA_FLAGS = ("--xla_cpu_enable_platform_dependent_math=false",)
-
-
-def set_xla_flags(environ=None) -> None:
-    """Add XLA_FLAGS to the environment's XLA_FLAGS (read when JAX starts its backend), keeping
-    any the user set."""
-    import os
-    environ = os.environ if environ is None else environ
-    current = environ.get("XLA_FLAGS", "")
-    extra = [f for f in XLA_FLAGS if f.split("=")[0] not in current]
-    if extra:
-        environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
-
-
-def start_jax(num_devices: int, cluster=None, topo=None) -> None:
-    """Start JAX on `num_devices` emulated CPU devices; with a multi-process `cluster`
-    (cluster.from_env) this process takes its share of `topo`'s ranks and joins the others."""
-    set_xla_flags()
-    import jax
-    processes = cluster.num_processes if cluster is not None else 1
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", num_devices // processes)   # this process's share
-    if processes > 1:
-        from rainier_jax.dist import cluster as cluster_lib
-        cluster_lib.start(cluster, topo)
-    if len(jax.devices()) != num_devices:  # JAX was started before the CLI could size it
-        raise ConfigError(f"needs {num_devices} CPU devices but JAX already has {len(jax.devices())}; "
-                          "run rainier in a fresh process")

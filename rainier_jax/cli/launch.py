@@ -95,6 +95,7 @@ def cmd_launch(args) -> int:
     from rainier_jax.train.metrics import BAR_ENV
     bar = sys.stderr.isatty() and not os.environ.get("CI")
     try:
-        return launcher.run(args.processes, command, port, first_env={BAR_ENV: "1"} if bar else None)
+        return launcher.run(args.processes, [sys.executable, "-m", "rainier_jax.cli", *command], port,
+                            first_env={BAR_ENV: "1"} if bar else None, shown=" ".join(command))
     except ConfigError as e:   # the coordination service could not start
         raise ConfigError(f"launch: {e.raw}") from None

@@ -1,6 +1,7 @@
 """The `rainier` command line: the parser and dispatch. Each command lives in its own module —
 `train` (cli/train.py), `parity` (cli/parity.py), `estimate` and `plan` (cli/estimate.py),
-`mesh` (cli/mesh.py), `schedule` (cli/schedule.py), `launch` — and adds its own flags here.
+`mesh` (cli/mesh.py), `schedule` (cli/schedule.py), `launch`, `run` (a user's own script,
+cli/run.py) — and adds its own flags here.
 
 Every command reads the mesh file first, validates every input, and only then sets the number of
 emulated CPU devices and lets JAX start (cli/common.py, `start_jax`). Bad input is one line on
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rainier_jax.cli import estimate, flags, launch, mesh, parity, schedule, train
+from rainier_jax.cli import estimate, flags, launch, mesh, parity, run, schedule, train
 from rainier_jax.cli.parser import Parser
 from rainier_jax.config.errors import ConfigError
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_parser(sub)
     estimate.add_parser(sub)
     launch.add_parser(sub)
+    run.add_parser(sub)
     schedule.add_parser(sub)
     _with_flag_tables(parser)
     return parser

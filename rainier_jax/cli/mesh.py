@@ -32,14 +32,11 @@ def cmd_mesh_list(args) -> int:
 def cmd_mesh_show(args) -> int:
     from rainier_jax.parallel.layout import parse_layout
     from rainier_jax.parallel.placement import place
-    from rainier_jax.parallel.placement_view import render_layout, render_topology
+    from rainier_jax.parallel.placement_view import render_mesh
     from rainier_jax.hardware.topology import load_topology
 
     topo = load_topology(args.name, lnc=args.lnc, setting="name")
     layout = None if args.parallel is None else parse_layout(args.parallel, topo.num_ranks)
     placement = None if layout is None else place(layout, topo)  # validated before printing anything
-    print(render_topology(topo))
-    if layout is not None:
-        print()
-        print(render_layout(topo, layout, placement))
+    print(render_mesh(topo, layout, placement))
     return 0

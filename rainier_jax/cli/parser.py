@@ -36,7 +36,16 @@ def _one_of(names: list[str]) -> str:
 
 class Parser(argparse.ArgumentParser):
     """argparse with every error as one ConfigError line that names the subcommand, and a
-    suggestion for a mistyped flag or command."""
+    suggestion for a mistyped flag or command.
+
+    `rest`: the dest that takes every argument after the first `--` unread, wherever the
+    command's own flags stand before it (`rainier run SCRIPT --mesh M -- ARGS`: the script's own
+    arguments). argparse alone would give the words after `--` to the first positional argument
+    that still takes some, or refuse them."""
+
+    def __init__(self, *args, rest: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rest = rest
 
     @property
     def command(self) -> str:
@@ -59,12 +68,18 @@ class Parser(argparse.ArgumentParser):
         self._fail(f"{message} (see {self.prog} --help)")
 
     def parse_known_args(self, args=None, namespace=None):
-        self._argv = list(sys.argv[1:] if args is None else args)  # for error()'s typo check
+        args = list(sys.argv[1:] if args is None else args)
+        self._argv = args  # for error()'s typo check
+        rest = None
+        if self.rest is not None and "--" in args:
+            args, rest = args[:args.index("--")], args[args.index("--") + 1:]
         # argparse hands a subcommand's unknown arguments up to `rainier`, which would report them
         # without knowing whose they are; each parser reports its own, against its own flags.
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self._fail(self._unrecognized(extras))
+        if self.rest is not None:
+            setattr(namespace, self.rest, rest or [])
         return namespace, extras
 
     def _suggest(self, flag: str) -> list[str]:

@@ -1,9 +1,10 @@
 """N local processes on one multi-controller JAX runtime, each owning mesh-instances/N emulated
 instances (rainier_jax/dist/cluster.py): starting them, relaying their output, ending them all when
-one fails. The `rainier launch` command (rainier_jax/cli/launch.py) checks the launch and the
-command it wraps, then calls `run`; this module knows nothing of flags or parsers.
+one fails. `rainier launch` (rainier_jax/cli/launch.py) runs a `rainier` command this way and
+`rainier run --processes N` (rainier_jax/cli/run.py) a user's script; each checks its input, then
+calls `run` with the command line of the processes. This module knows nothing of flags or parsers.
 
-`run` starts each process as `python -m rainier_jax.cli COMMAND…` with `JAX_COORDINATOR_ADDRESS`,
+`run` starts each process from the same command line with `JAX_COORDINATOR_ADDRESS`,
 `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, and relays their output with a `[pK] ` prefix on every
 line (gloo's one-line "connected to N peer ranks" notices are dropped).
 
@@ -121,10 +122,14 @@ def _start_service(port: int, processes: int):
                                                 shutdown_timeout=SHUTDOWN_S)
 
 
-def run(processes: int, command: list[str], port: int, *, first_env: Mapping[str, str] | None = None) -> int:
-    """Run `rainier COMMAND…` as `processes` processes joined through 127.0.0.1:`port`: start
-    them, relay their output, end them all if one fails; returns the launch's exit code.
-    `first_env`: extra environment variables for process 0 only (the one that draws progress).
+def run(processes: int, argv: list[str], port: int, *, env: Mapping[str, str] | None = None,
+        first_env: Mapping[str, str] | None = None, name: str = "rainier launch", shown: str | None = None) -> int:
+    """Run the command line `argv` (e.g. `[sys.executable, "-m", "rainier_jax.cli", "train", …]`)
+    as `processes` processes joined through 127.0.0.1:`port`: start them, relay their output, end
+    them all if one fails; returns the launch's exit code. `env`: extra environment variables
+    for every process; `first_env`: for process 0 only (the one that draws progress). The
+    launcher's own lines start with `name` ("rainier launch: …") and show the command as `shown`
+    (default: `argv`).
     A coordination service that cannot start is a ConfigError naming the setting `port`."""
     import tempfile
 
@@ -133,12 +138,13 @@ def run(processes: int, command: list[str], port: int, *, first_env: Mapping[str
 
     fd, note = tempfile.mkstemp(prefix="rainier-launch-", suffix=".failure")
     os.close(fd)
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
-               PYTHONUNBUFFERED="1", **{FAILURE_ENV: note, SERVICE_ENV: "1"})
+    env = {**os.environ, **(env or {}), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "JAX_NUM_PROCESSES": str(processes), "PYTHONUNBUFFERED": "1", FAILURE_ENV: note, SERVICE_ENV: "1"}
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):   # the launcher decides the process count here
         env.pop(var, None)
     try:
-        return _run(processes, command, port, env, note, dict(first_env or {}))
+        return _run(processes, list(argv), port, env, note, dict(first_env or {}), name,
+                    " ".join(argv) if shown is None else shown)
     finally:
         for path in (note, note + ".tmp"):
             try:
@@ -147,13 +153,14 @@ def run(processes: int, command: list[str], port: int, *, first_env: Mapping[str
                 pass
 
 
-def _run(processes: int, command: list[str], port: int, env: dict, note: str, first_env: dict) -> int:
+def _run(processes: int, argv: list[str], port: int, env: dict, note: str, first_env: dict, name: str,
+         shown: str) -> int:
     children: list[subprocess.Popen] = []
     lock = threading.Lock()
     relays = []
     for k in range(processes):
         child_env = dict(env, JAX_PROCESS_ID=str(k), **(first_env if k == 0 else {}))
-        children.append(subprocess.Popen([sys.executable, "-m", "rainier_jax.cli", *command], env=child_env,
+        children.append(subprocess.Popen(argv, env=child_env,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                          preexec_fn=_die_with_parent))
     # The service and the relays start once every process is started (a preexec_fn must not run
@@ -176,8 +183,8 @@ def _run(processes: int, command: list[str], port: int, env: dict, note: str, fi
             relay.start()
             relays.append(relay)
     say = lambda text: _say(text, lock)  # noqa: E731
-    say(f"rainier launch: {processes} processes on 127.0.0.1:{port} "
-        f"(pids {', '.join(str(p.pid) for p in children)}): {' '.join(command)}")
+    say(f"{name}: {processes} processes on 127.0.0.1:{port} "
+        f"(pids {', '.join(str(p.pid) for p in children)}): {shown}")
 
     forwarded = None   # the signal passed on to every process, if any
 
@@ -211,7 +218,7 @@ def _run(processes: int, command: list[str], port: int, env: dict, note: str, fi
                 # way the others cannot go on without it (they may wait for it in a collective).
                 if not _ended_on(code, forwarded):
                     first_failure = (k, code)
-                    say(f"rainier launch: process {k} (pid {p.pid}) {_describe(code)}; ending the other processes")
+                    say(f"{name}: process {k} (pid {p.pid}) {_describe(code)}; ending the other processes")
                 # Before the SIGTERM: dist/stopping.py reads it in each process, to end at once.
                 with open(note + ".tmp", "w", encoding="utf-8") as f:
                     f.write(f"process {k} {describe(k, code)}")
@@ -244,13 +251,13 @@ def _run(processes: int, command: list[str], port: int, env: dict, note: str, fi
             if not ended:
                 return 0
             # Every process ended as it was asked (e.g. SIGTERM to a run without checkpoints).
-            say("rainier launch: " + "; ".join(f"process {j} {describe(j, c)}" for j, c in ended))
+            say(f"{name}: " + "; ".join(f"process {j} {describe(j, c)}" for j, c in ended))
             code = ended[0][1]
             return 128 - code if code < 0 else code
         first_failure = failed[0]
     k, code = first_failure
     others = ", ".join(f"process {j} {describe(j, c)}" for j, c in enumerate(codes) if j != k)
-    say(f"rainier launch: process {k} failed first ({_describe(code)})" + (f"; {others}" if others else ""))
+    say(f"{name}: process {k} failed first ({_describe(code)})" + (f"; {others}" if others else ""))
     return 128 - code if code < 0 else code
 
 

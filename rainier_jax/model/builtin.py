@@ -51,10 +51,6 @@ class Llama:
         # No weight decay on norm scales: decaying them towards 0 fights the normalisation.
         return jax.tree_util.tree_map_with_path(lambda path, _: not path[-1].key.endswith("norm"), params)
 
-    def precision_problem(self, policy: Policy, setting: str = "precision") -> str | None:
-        del policy, setting   # the built-in model runs every preset
-        return None
-
     def fp8_init(self, policy: Policy) -> Params:
         return numerics.fp8_meta_init(self.spec.n_layers, policy)
 

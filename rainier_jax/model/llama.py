@@ -12,21 +12,13 @@ K head dim, F mlp width, V vocabulary, L layers.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from rainier_jax.spec.model import ModelConfig, param_shapes
 from rainier_jax.model.numerics import FP32, Compute
-
-Constrain = Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
-
-
-def no_constraint(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-    del axes
-    return x
+from rainier_jax.model.seam import Constrain, no_constraint
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
@@ -203,17 +195,3 @@ def decode(params: dict, x_BxTxD: jax.Array, cfg: ModelConfig,
 def forward(params: dict, tokens_BxT: jax.Array, cfg: ModelConfig,
             constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
     return decode(params, embed(params, tokens_BxT, constrain, compute), cfg, constrain, compute, remat)
-
-
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean next-token loss, computed in fp32."""
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    nll_BxT = -jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-    return jnp.mean(nll_BxT)
-
-
-def loss_fn(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig,
-            constrain: Constrain = no_constraint, compute: Compute = FP32, remat: str = "full") -> jax.Array:
-    """Loss of a `[B, T+1]` token batch: predict tokens 1..T from tokens 0..T-1."""
-    inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
-    return cross_entropy(forward(params, inputs_BxT, cfg, constrain, compute, remat), targets_BxT)

@@ -3,10 +3,11 @@
 A model enters as a *spec* — JAX-free, what validation, the run record and the performance model
 read: a name, the vocabulary its logits cover, its depth, and its parameter tree as shapes and
 logical axis names (`ModelConfig` for the built-in Llama, `spec.own.OwnModel` for a user's Flax
-NNX model). `model.networks.network(spec)` gives the JAX side, a `Network`: how the parameters initialise, the
-forward pass to logits, which parameters take weight decay, which precision presets it can run,
-and optionally how it splits into pipeline stages. The train step, the pipeline executor, the
-parity harness, checkpoints and the compiled profile read a model only through these two.
+NNX model). `networks.network(spec)` (rainier_jax/model/networks.py) gives the JAX side, a
+`Network`: how the parameters initialise, the forward pass to logits, which parameters take
+weight decay, and optionally how it splits into pipeline stages. The train step, the pipeline
+executor, the parity harness, checkpoints and the compiled profile read a model only through
+these two. Which precision presets a model can run is a spec question (`OwnModel.precision_problem`).
 
 Parameters are a pytree of nested dicts whose leaves are fp32 arrays (what `init` returns), the
 same tree as the spec's shapes and axes; the step casts and rounds them by the precision policy.
@@ -71,9 +72,6 @@ class Network(Protocol):
 
     def decay_mask(self, params: Params) -> Params:
         """True for the parameters AdamW decays."""
-
-    def precision_problem(self, policy: Policy, setting: str = "precision") -> str | None:
-        """Why this model cannot run `policy` (a message naming the presets that apply), or None."""
 
     def fp8_init(self, policy: Policy) -> Params:
         """fp8 amax histories (only for a network that runs the fp8 preset)."""

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import math
 
+from rainier_jax.config.errors import ConfigError, setting as marked
 from rainier_jax.parallel.layout import ParallelLayout
-from rainier_jax.spec.model import ModelConfig
+from rainier_jax.spec.model import ModelConfig, leaves_with_paths
 
 Rules = dict[str, str | tuple[str, ...] | None]
 
 
-def param_rules(layout: ParallelLayout, cfg: ModelConfig) -> Rules:
+def param_rules(layout: ParallelLayout, cfg: ModelConfig | None = None) -> Rules:
     """Megatron-style tensor parallelism (column-parallel q/k/v/gate/up, row-parallel o/down,
-    vocabulary-parallel embedding and head) plus FSDP over the model dimension."""
+    vocabulary-parallel embedding and head) plus FSDP over the model dimension. `cfg`: the
+    built-in model's sizes, whose kv heads may be fewer than tp; any other model (None) has its
+    kv heads split over tp, and a tp that does not divide them is refused (layout.validate_shapes)."""
+    split_kv = cfg is None or cfg.n_kv_heads % layout.tp == 0
     return {
         "layers": "pp",   # pipeline stages hold contiguous blocks of layers (size-1 axis otherwise)
         "vocab": "tp",
@@ -24,11 +28,37 @@ def param_rules(layout: ParallelLayout, cfg: ModelConfig) -> Rules:
         "heads": "tp",
         # kv heads are split only when tp divides them; when tp exceeds them each rank keeps the
         # (few) kv weights whole and computes the heads its query heads need.
-        "kv_heads": "tp" if cfg.n_kv_heads % layout.tp == 0 else None,
+        "kv_heads": "tp" if split_kv else None,
         "head_dim": None,
         "mlp": "tp",
         "norm": None,
     }
+
+
+def model_rules(layout: ParallelLayout, model) -> Rules:
+    """The parameter rules for a model spec (a `ModelConfig`'s sizes decide its kv-head rule)."""
+    return param_rules(layout, model if isinstance(model, ModelConfig) else None)
+
+
+def _names(a) -> tuple[str, ...]:
+    return () if a is None else (a,) if isinstance(a, str) else tuple(a)
+
+
+def validate_split(layout: ParallelLayout, model, setting: str = "parallel") -> None:
+    """Every parameter dimension a mesh axis splits is divisible by that axis's size: the check
+    any model's tree gets from its logical names (the built-in model's is
+    `layout.validate_for_model`, which names the model's sizes instead)."""
+    rules, sizes = model_rules(layout, model), layout.axis_sizes()
+    shapes = dict(leaves_with_paths(model.param_shapes()))
+    for path, axes in leaves_with_paths(model.param_axes()):
+        for dim, (n, name) in enumerate(zip(shapes[path], axes)):
+            split = [a for a in _names(rules.get(name)) if sizes[a] > 1]
+            ways = math.prod(sizes[a] for a in split)
+            if n % ways:
+                over = "×".join(f"{a}={sizes[a]}" for a in split)
+                raise ConfigError(f"{marked(setting)} {layout}: {over} does not divide dimension {dim} ({n}) of "
+                                  f"parameter {path} (logical axis {name!r}); choose a layout whose "
+                                  f"{'×'.join(split)} divides {n}, or change the model")
 
 
 ACTIVATION_RULES: Rules = {
@@ -52,12 +82,10 @@ def zero1_axes(shape: tuple[int, ...], axes: tuple, layout: ParallelLayout) -> t
     sizes = layout.axis_sizes()
 
     def split(a) -> int:
-        names = () if a is None else (a,) if isinstance(a, str) else tuple(a)
-        return math.prod(sizes[n] for n in names)
+        return math.prod(sizes[n] for n in _names(a))
 
     fits = [d for d in range(len(shape)) if shape[d] % (split(axes[d]) * layout.dp) == 0]
     if not fits:
         return tuple(axes)
     d = max(fits, key=lambda i: shape[i] // split(axes[i]))
-    names = () if axes[d] is None else (axes[d],) if isinstance(axes[d], str) else tuple(axes[d])
-    return tuple(axes[:d]) + (names + ("dp",),) + tuple(axes[d + 1:])
+    return tuple(axes[:d]) + (_names(axes[d]) + ("dp",),) + tuple(axes[d + 1:])

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rainier_jax.hardware.topology import Topology
+from rainier_jax.config.errors import ConfigError, setting as marked
+from rainier_jax.parallel.axis_rules import validate_split
 from rainier_jax.parallel.layout import AXES, ParallelLayout, parse_layout, validate_all
 from rainier_jax.parallel.placement import layout_warnings, place
 from rainier_jax.parallel.schedules import Schedule, build_schedule
 from rainier_jax.spec.model import ModelConfig
+from rainier_jax.spec.own import OwnModel
 from rainier_jax.spec.precision import Policy, check_compatible
 from rainier_jax.spec.run import RunConfig
 
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """Built by `resolve()` (or `single_device()`), never by hand: the fields agree with each other."""
-    model: ModelConfig
+    model: ModelConfig | OwnModel   # a model spec (rainier_jax/model/seam.py)
     run: RunConfig
     layout: ParallelLayout
     # None: one device, the parity harness's single-device reference (no topology to place on).
@@ -73,9 +76,24 @@ class Experiment:
         """The same placement with other run settings (`run`, or changes to this one), validated
         again; the placement is kept, not recomputed."""
         run = dataclasses.replace(run or self.run, **changes)
-        validate_all(self.layout, self.model, run)
-        check_compatible(run.policy, pp=self.layout.pp, microbatches=run.microbatches)
+        validate(self.layout, self.model, run)
         return Experiment(self.model, run, self.layout, self.topology, self.placement)
+
+
+def validate(layout: ParallelLayout, model: ModelConfig | OwnModel, run: RunConfig, *, setting: str = "parallel",
+             precision_setting: str = "precision", defaulted: frozenset[str] = frozenset()) -> None:
+    """Everything the layout, the model and the run settings must satisfy together."""
+    validate_all(layout, model, run, setting=setting, defaulted=defaulted)
+    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches, setting=precision_setting)
+    if isinstance(model, OwnModel):
+        validate_split(layout, model, setting=setting)
+        if layout.pp > 1 and not model.pipeline:
+            raise ConfigError(f"{marked(setting)} {layout}: pp={layout.pp} needs a model that splits into stages — "
+                              f"`embed(tokens)`, an nnx.vmap-stacked `blocks` with a leading 'layers' axis, "
+                              f"and `head(x)` (docs/OWN_MODEL.md); {model.factory} has no such split: use pp=1")
+        problem = model.precision_problem(run.policy, precision_setting)
+        if problem:
+            raise ConfigError(problem)
 
 
 def mesh_of(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:
@@ -107,8 +125,7 @@ def resolve(topology: Topology | None, model: ModelConfig, parallel: str | Paral
         layout = parallel
     else:
         layout = parse_layout(parallel, topology.num_ranks, setting=setting)
-    validate_all(layout, model, run, setting=setting, defaulted=defaulted)
-    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches, setting=precision_setting)
+    validate(layout, model, run, setting=setting, precision_setting=precision_setting, defaulted=defaulted)
     if topology is None:
         if layout.size != 1:
             raise ValueError(f"layout {layout} needs a topology to be placed on")

@@ -100,8 +100,11 @@ def validate_batch(layout: ParallelLayout, batch: int, setting: str = "parallel"
 def validate_all(layout: ParallelLayout, cfg: ModelConfig, run: RunConfig, *, setting: str = "parallel",
                  defaulted: frozenset[str] = frozenset()) -> None:
     """Everything a layout must satisfy with these run settings before it runs: model shapes,
-    pipeline settings, batch. `defaulted`: the settings that hold their default (messages say so)."""
-    validate_for_model(layout, cfg, setting=setting)
+    pipeline settings, batch. `defaulted`: the settings that hold their default (messages say so).
+    A model other than the built-in (`cfg` not a ModelConfig) has its shapes checked by its
+    logical names instead (parallel/experiment.py)."""
+    if isinstance(cfg, ModelConfig):
+        validate_for_model(layout, cfg, setting=setting)
     validate_pipeline(layout, cfg, schedule=run.schedule, microbatches=run.microbatches,
                       virtual_stages=run.virtual_stages, defaulted=defaulted)
     validate_batch(layout, run.batch, setting=setting, microbatches=run.microbatches)

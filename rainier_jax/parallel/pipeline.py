@@ -35,10 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as PSpec
 
 from rainier_jax.parallel import sharding
 from rainier_jax.parallel.layout import ParallelLayout
-from rainier_jax.spec.model import ModelConfig
 from rainier_jax.parallel.schedules import IDLE, Schedule, pack, segments
-from rainier_jax.model.numerics import FP32, Compute
-from rainier_jax.model.llama import Constrain, cross_entropy, embed, head, run_layers
+from rainier_jax.model.seam import Context, Network, cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +115,17 @@ def _where(on, new, old):
     return jax.tree.map(lambda a, b: jnp.where(on.astype(bool), a, b), new, old)
 
 
-def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfig, schedule: Schedule,
-                            mesh: Mesh, layout: ParallelLayout, constrain: Constrain,
-                            compute: Compute = FP32, loss_scale=1.0, bubble_fill: float = 0.0):
+def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, net: Network, schedule: Schedule,
+                            mesh: Mesh, layout: ParallelLayout, ctx: Context = Context(),
+                            loss_scale=1.0, bubble_fill: float = 0.0):
     """(loss, grads) of the batch under `schedule`, equal in exact arithmetic to
-    `jax.value_and_grad(loss_fn)`. Gradients come out multiplied by `loss_scale` (the backward is
-    seeded with it; the loss is not). `bubble_fill` is what empty buffers and idle sends hold; set
-    it to NaN to prove that nothing computed in a bubble reaches the result."""
+    `jax.value_and_grad(seam.loss)`. The model enters through its stages (`net.stages`, the seam's
+    pipeline split). Gradients come out multiplied by `loss_scale` (the backward is seeded with
+    it; the loss is not). `bubble_fill` is what empty buffers and idle sends hold; set it to NaN
+    to prove that nothing computed in a bubble reaches the result."""
+    stages = net.stages
+    # A chunk is recomputed from its stashed input in the backward, whatever the run's remat.
+    ctx = ctx.with_remat("full")
     P, V, M, G = schedule.P, schedule.V, schedule.M, schedule.num_chunks
     packed = pack(schedule)
     pl = plan(packed)
@@ -134,12 +136,12 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     inputs, targets = tokens_MxbxT1[..., :-1], tokens_MxbxT1[..., 1:]
 
     # Layer stack [L, ...] → chunks [P, V, Lc, ...]: chunk g = v·P + p holds layers g·Lc … g·Lc+Lc−1.
-    Lc = cfg.n_layers // G
+    Lc = net.spec.n_layers // G
 
     # Arrays with a leading stage axis live on the `pp` axis; their other dimensions keep the
     # shardings the rules give them (so fsdp/tp stay split inside each stage).
-    specs = sharding.param_specs(layout, cfg)
-    layer_specs = specs["layers"]
+    specs = sharding.param_specs(layout, net.spec)
+    layer_specs = specs[stages.layers]
     batch_axes = sharding.spec(("batch",), sharding.ACTIVATION_RULES)[0]
 
     def pin(x, *rest):
@@ -151,29 +153,31 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     def from_stages(x):
         return x.swapaxes(0, 1).reshape(G * Lc, *x.shape[3:])
 
-    layers_PxV = jax.tree.map(to_stages, params["layers"], layer_specs)
-    head_params = {k: v for k, v in params.items() if k != "layers"}
+    layers_PxV = jax.tree.map(to_stages, params[stages.layers], layer_specs)
+    # Everything outside the layer stack: the embedding's and the head's parameters (shared ones,
+    # such as a tied table, get both gradients in one accumulator).
+    outer = {k: v for k, v in params.items() if k != stages.layers}
 
     # The embedding runs inside the pipeline, on chunk 0's forward and backward, so no device
     # holds all M microbatches' embeddings: activation memory stays the schedule's stash.
-    def embed_mb(table, m):
-        return embed({"embed": table}, inputs[m], constrain, compute)
+    def embed_mb(outer_params, m):
+        return stages.embed(outer_params, inputs[m], ctx)
 
-    act_spec = jax.eval_shape(embed_mb, params["embed"], 0)
+    act_spec = jax.eval_shape(embed_mb, outer, 0)
     act_shape, act_dtype = act_spec.shape, act_spec.dtype
     idle_act = jnp.full(act_shape, bubble_fill, act_dtype)
 
     def chunk(layer_params, x):
-        return run_layers(layer_params, x, cfg, constrain, compute)
+        return stages.blocks(layer_params, x, ctx)
 
-    def chunk_and_loss(layer_params, hp, x, tgt):
+    def chunk_and_loss(layer_params, op, x, tgt):
         y = chunk(layer_params, x)
-        return y, cross_entropy(head(hp, y, cfg, constrain, compute), tgt)
+        return y, cross_entropy(stages.head(op, y, ctx), tgt)
 
     def device_tick(layers_V, carry, tab, do_f: bool, do_b: bool):
         """One tick on one device (vmapped over the stage axis). `do_f`/`do_b` are static: a run
         of ticks in which no device has a forward (or backward) leaves that half out entirely."""
-        stash, recv_act, recv_grad, sent_act, sent_grad, g_layers, g_head, g_embed, loss = carry
+        stash, recv_act, recv_grad, sent_act, sent_grad, g_layers, g_outer, loss = carry
         arrived_act, arrived_grad = sent_act, sent_grad   # already rolled by the caller
         recv_act = _where(tab["a_on"], recv_act.at[tab["a_slot"]].set(arrived_act), recv_act)
         recv_grad = _where(tab["g_on"], recv_grad.at[tab["g_slot"]].set(arrived_grad), recv_grad)
@@ -181,36 +185,35 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         if do_f:
             stash, send_act = forward(layers_V, stash, recv_act, tab)
         if do_b:
-            g_layers, g_head, g_embed, loss, send_grad = backward(
-                layers_V, stash, recv_grad, tab, g_layers, g_head, g_embed, loss)
-        return stash, recv_act, recv_grad, send_act, send_grad, g_layers, g_head, g_embed, loss
+            g_layers, g_outer, loss, send_grad = backward(layers_V, stash, recv_grad, tab, g_layers, g_outer, loss)
+        return stash, recv_act, recv_grad, send_act, send_grad, g_layers, g_outer, loss
 
     def forward(layers_V, stash, recv_act, tab):
-        x_in = jnp.where(tab["f_first"].astype(bool), embed_mb(params["embed"], tab["f_m"]),
+        x_in = jnp.where(tab["f_first"].astype(bool), embed_mb(outer, tab["f_m"]),
                          recv_act[tab["f_recv"]])
         y = chunk(jax.tree.map(lambda a: a[tab["f_v"]], layers_V), x_in)
         stash = _where(tab["f_on"], stash.at[tab["f_stash"]].set(x_in), stash)
         send_act = jnp.where((tab["f_on"] & ~tab["f_last"].astype(bool)).astype(bool), y, idle_act)
         return stash, send_act
 
-    def backward(layers_V, stash, recv_grad, tab, g_layers, g_head, g_embed, loss):
+    def backward(layers_V, stash, recv_grad, tab, g_layers, g_outer, loss):
         # Recompute the chunk from the stash; VJP seeded by the next chunk's gradient or the loss.
         lp = jax.tree.map(lambda a: a[tab["b_v"]], layers_V)
         x_b = stash[tab["b_stash"]]
         last = tab["b_last"].astype(bool)
         (_, mb_loss), vjp = jax.vjp(lambda a, h, x: chunk_and_loss(a, h, x, targets[tab["b_m"]]),
-                                    lp, head_params, x_b)
+                                    lp, outer, x_b)
         dy = jnp.where(last, jnp.zeros_like(idle_act), recv_grad[tab["b_recv"]])
         d_lp, d_head, dx = vjp((dy, jnp.where(last, loss_scale / M, 0.0).astype(mb_loss.dtype)))
         b_on = tab["b_on"].astype(bool)
         g_layers = _where(b_on, jax.tree.map(lambda acc, d: acc.at[tab["b_v"]].add(d), g_layers, d_lp), g_layers)
-        g_head = _where(b_on & last, jax.tree.map(jnp.add, g_head, d_head), g_head)
+        g_outer = _where(b_on & last, jax.tree.map(jnp.add, g_outer, d_head), g_outer)
         loss = jnp.where(b_on & last, loss + mb_loss / M, loss)
         first = tab["b_first"].astype(bool)
-        _, embed_vjp = jax.vjp(lambda table: embed_mb(table, tab["b_m"]), params["embed"])
-        g_embed = _where(b_on & first, g_embed + embed_vjp(dx)[0], g_embed)
+        _, embed_vjp = jax.vjp(lambda op: embed_mb(op, tab["b_m"]), outer)
+        g_outer = _where(b_on & first, jax.tree.map(jnp.add, g_outer, embed_vjp(dx)[0]), g_outer)
         send_grad = jnp.where(b_on & ~first, dx, idle_act)
-        return g_layers, g_head, g_embed, loss, send_grad
+        return g_layers, g_outer, loss, send_grad
 
     def tick(carry, tab, do_f, do_b):
         stash, recv_act, recv_grad, sent_act, sent_grad, *rest = carry
@@ -234,8 +237,8 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
         # Gradient accumulators are fp32 whatever the weights' dtype: M microbatches are summed.
         jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), layers_PxV),
         # Per-stage gradient accumulators for the parameters outside the layer stack.
-        {k: pin(jnp.zeros((P, *a.shape), jnp.float32), *specs[k]) for k, a in head_params.items()},
-        pin(jnp.zeros((P, *params["embed"].shape), jnp.float32), *specs["embed"]),
+        jax.tree.map(lambda a, s: pin(jnp.zeros((P, *a.shape), jnp.float32), *s), outer,
+                     {k: specs[k] for k in outer}, is_leaf=lambda x: isinstance(x, PSpec)),
         jnp.zeros((P,), jnp.float32),
     )
     # One scan per run of ticks of the same kind (forward-only, backward-only, both).
@@ -243,12 +246,10 @@ def pipeline_loss_and_grads(params: dict, batch_BxT1: jax.Array, cfg: ModelConfi
     for start, stop, do_f, do_b in segments(packed):
         seg = {k: jnp.asarray(v[start:stop]) for k, v in pl.tables.items()}
         carry, _ = jax.lax.scan(lambda c, tb, f=do_f, b=do_b: tick(c, tb, f, b), carry, seg)
-    g_layers, g_head, g_embed, loss = carry[5], carry[6], carry[7], carry[8]
+    g_layers, g_outer, loss = carry[5], carry[6], carry[7]
     # Only the devices that ran the relevant ops contributed; the others hold zeros.
-    d_embed = g_embed.sum(axis=0)
-    grads = {k: v.sum(axis=0) for k, v in g_head.items()}
-    grads["embed"] = grads["embed"] + d_embed if "embed" in grads else d_embed
-    grads["layers"] = jax.tree.map(from_stages, g_layers)
+    grads = jax.tree.map(lambda g: g.sum(axis=0), g_outer)
+    grads[stages.layers] = jax.tree.map(from_stages, g_layers)
     # Back to the weights' dtype (a no-op for fp32 weights), as a plain value_and_grad returns them.
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return loss.sum(), grads

@@ -60,3 +60,11 @@ def render_layout(topo: Topology, layout: ParallelLayout, placement: np.ndarray)
         lines += _grid(topo, lambda r, a=axis: coords[r][a])
     lines += layout_warnings(layout, topo, placement)
     return "\n".join(lines)
+
+
+def render_mesh(topo: Topology, layout: ParallelLayout | None = None, placement: np.ndarray | None = None) -> str:
+    """What `rainier mesh show` prints: the topology and, given a layout and its placement, where
+    the layout's axes land (`rj.emulate().describe()` shows the same text)."""
+    if layout is None:
+        return render_topology(topo)
+    return f"{render_topology(topo)}\n\n{render_layout(topo, layout, placement)}"

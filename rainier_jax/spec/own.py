@@ -11,7 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from rainier_jax.config.errors import setting as marked
 from rainier_jax.spec.model import leaves, leaves_with_paths
+from rainier_jax.spec.precision import PRESETS, Policy
+
+# The logical axis names a parameter may carry: the built-in model's (spec.model.param_axes), the
+# keys of the parameter rules in parallel/axis_rules.py (tests/test_nnx_adapter.py checks they agree).
+LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -24,6 +30,7 @@ class OwnModel:
     shapes: dict         # parameter tree: nested dicts of shape tuples
     axes: dict           # same tree: a logical name (or None) per dimension
     pipeline: bool       # exposes embed / blocks / head (the pipeline contract)
+    pipeline_problem: str = ""   # why `pipeline` is False (one clause), empty when it is True
 
     @property
     def name(self) -> str:
@@ -42,3 +49,12 @@ class OwnModel:
         """Paths of the parameters with no logical axis names (they are replicated)."""
         return [p for p, axes in leaves_with_paths(self.axes) if all(a is None for a in axes)]
 
+
+    def precision_problem(self, policy: Policy, setting: str = "precision") -> str | None:
+        """Why this model cannot run `policy`, or None. Presets that cast at the step's boundary
+        apply to any model; fp8 needs the built-in model's own matmuls (model/numerics.py)."""
+        if not policy.fp8:
+            return None
+        usable = ", ".join(p.name for p in PRESETS.values() if not p.fp8)
+        return (f"{marked(setting)} {policy.name}: needs the built-in model's own fp8 matmuls; "
+                f"a Flax model runs {usable}")

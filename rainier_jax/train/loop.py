@@ -21,6 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rainier_jax.train import data as data_lib
 from rainier_jax.dist.arrays import local_value, to_devices
 from rainier_jax.model import numerics
+from rainier_jax.model.networks import network
+from rainier_jax.model.seam import Context, Network, loss as model_loss
 from rainier_jax.parallel import sharding
 from rainier_jax.parallel.experiment import Experiment
 from rainier_jax.train.metrics import StepRecord
@@ -28,7 +30,6 @@ from rainier_jax.train.state import TrainState
 from rainier_jax.parallel.pipeline import pipeline_loss_and_grads
 from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
-from rainier_jax.model.llama import init_params, loss_fn
 
 
 def lr_schedule(run: RunConfig) -> Callable[[jax.Array], jax.Array]:
@@ -45,14 +46,12 @@ def lr_schedule(run: RunConfig) -> Callable[[jax.Array], jax.Array]:
     return schedule
 
 
-def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
-    # No weight decay on norm scales: decaying them towards 0 fights the normalisation.
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: not path[-1].key.endswith("norm"), params)
+def make_optimizer(run: RunConfig, net: Network) -> optax.GradientTransformation:
+    # The model says which parameters take weight decay (not norm scales, for one).
     return optax.chain(
         optax.clip_by_global_norm(run.grad_clip),
         optax.adamw(lr_schedule(run), b1=0.9, b2=0.95, eps=1e-8,
-                    weight_decay=run.weight_decay, mask=decay_mask),
+                    weight_decay=run.weight_decay, mask=net.decay_mask),
     )
 
 
@@ -90,11 +89,13 @@ def build_program(experiment: Experiment, policy: Policy | None = None, *, compi
     `compiler_options` go to the step's compile (e.g. an HLO dump); `with_eval=False` skips the
     eval program (`eval_loss` is then None) for callers that only inspect the step."""
     model, layout, run, mesh = experiment.model, experiment.layout, experiment.run, experiment.mesh
+    net = network(model)
     policy = policy or run.policy
     compute = numerics.Compute(policy)
-    tx = make_optimizer(run)
+    tx = make_optimizer(run, net)
     lr_at = lr_schedule(run)
     constrain = sharding.make_constrain(mesh)
+    ctx = Context(constrain, compute, run.remat)
     param_sh = sharding.param_shardings(mesh, layout, model)
     repl = sharding.replicated(mesh)
 
@@ -106,7 +107,7 @@ def build_program(experiment: Experiment, policy: Policy | None = None, *, compi
         if policy.loss_scaling:
             out.update(numerics.loss_scale_init(policy))
         if policy.fp8:
-            out["fp8"] = numerics.fp8_meta_init(model.n_layers, policy)
+            out["fp8"] = net.fp8_init(policy)
         return out
 
     def state_from(params32):
@@ -118,7 +119,7 @@ def build_program(experiment: Experiment, policy: Policy | None = None, *, compi
         return TrainState(params, opt_state, jnp.zeros((), jnp.int32), precision_init())
 
     def init_fn(key):
-        return state_from(init_params(model, key))
+        return state_from(net.init(key))
 
     key = jax.random.key(run.seed)
     abstract_state = jax.eval_shape(init_fn, key)
@@ -136,13 +137,12 @@ def build_program(experiment: Experiment, policy: Policy | None = None, *, compi
 
         def scaled_loss_and_grads(params, meta, batch, scale):
             del meta  # fp8 is refused with a pipeline (precision.check_compatible)
-            loss, grads = pipeline_loss_and_grads(params, batch, model, pipe, mesh, layout, constrain,
-                                                  compute=compute, loss_scale=scale)
+            loss, grads = pipeline_loss_and_grads(params, batch, net, pipe, mesh, layout, ctx, loss_scale=scale)
             return loss, grads, None
     else:
         def scaled_loss_and_grads(params, meta, batch, scale):
             def scaled(p, m):
-                loss = loss_fn(numerics.with_fp8(p, m), batch, model, constrain, compute, run.remat)
+                loss = model_loss(net, net.with_fp8(p, m), batch, ctx)
                 return loss * scale, loss
             (_, loss), (grads, new_meta) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, meta)
             return loss, grads, new_meta
@@ -183,8 +183,9 @@ def build_program(experiment: Experiment, policy: Policy | None = None, *, compi
         return TrainState(params, opt_state, state.step + 1, prec), metrics
 
     def eval_fn(state: TrainState, batches):
-        params = numerics.with_fp8(state.params, state.precision.get("fp8"))
-        return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b, model, constrain, compute), batches))
+        params = net.with_fp8(state.params, state.precision.get("fp8"))
+        # Evaluation keeps no activations for a backward pass: nothing to rematerialise.
+        return jnp.mean(jax.lax.map(lambda b: model_loss(net, params, b, ctx.with_remat("full")), batches))
 
     def grads_fn(state: TrainState, batch):
         loss, grads, _ = loss_and_grads(state, batch)
