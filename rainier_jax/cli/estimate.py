@@ -12,13 +12,15 @@ import sys
 
 from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags
 from rainier_jax.config.errors import ConfigError
+from rainier_jax.spec.own import is_model_file
 
 DEFAULT_SEQ = 4096
 
 
 def add_parser(sub) -> None:
     def common(p):
-        p.add_argument("--model", required=True, help="model name, .toml, or Hugging Face config.json (llama, gpt2)")
+        p.add_argument("--model", required=True, help="model name, .toml, or Hugging Face config.json (llama, gpt2); "
+                            "estimate --compiled also takes FILE.py:FACTORY (docs/OWN_MODEL.md)")
         p.add_argument("--mesh", required=True, help="mesh name or .toml (e.g. trn2-instance, trn2-ultraserver)")
         add_mesh_flags(p)
         p.add_argument("--nodes", type=int, default=None,
@@ -54,13 +56,21 @@ def _setup(args):
     from rainier_jax.spec.model import load_model
     from rainier_jax.hardware.topology import load_topology, with_nodes
 
-    cfg = load_model(args.model)
+    if is_model_file(args.model):
+        if getattr(args, "compiled", False):
+            cfg = None   # built with JAX, once it has the mesh's devices (cmd_estimate)
+        else:
+            raise ConfigError(f"--model {args.model}: a Flax model has no analytic performance model; add "
+                              "--compiled to lower its real train step for the mesh (rainier estimate only; "
+                              "docs/OWN_MODEL.md)")
+    else:
+        cfg = load_model(args.model)
     topo = load_topology(args.mesh, lnc=args.lnc)
     if args.nodes is not None:
         topo = with_nodes(topo, args.nodes)
     if args.recipe not in RECIPES:
         raise ConfigError(f"--recipe {args.recipe}: one of {', '.join(RECIPES)}")
-    if args.recipe == "rainier" and cfg.arch != "llama":
+    if args.recipe == "rainier" and cfg is not None and cfg.arch != "llama":
         raise ConfigError(f"--recipe rainier: rainier builds llama-type programs only ({cfg.name} is {cfg.arch}); "
                           "use --recipe nxd")
     from rainier_jax.config.values import bounded_int
@@ -79,6 +89,8 @@ def cmd_estimate(args) -> int:
     from rainier_jax.parallel.experiment import resolve
 
     cfg, topo = _setup(args)
+    if cfg is None:
+        return _estimate_own(args, topo)
     experiment = resolve(topo, cfg, args.parallel, run_config(args), defaulted=defaulted(args))
     layout = experiment.layout
     if args.compiled:
@@ -98,12 +110,7 @@ def cmd_estimate(args) -> int:
         out = e.as_json()
         if profile is not None:
             from rainier_jax.perf.estimate_view import discrepancies
-            out["compiled"] = {"compile_seconds": profile.compile_seconds, "hbm_per_rank_bytes": profile.hbm_bytes,
-                               "argument_bytes": profile.argument_bytes, "temp_bytes": profile.temp_bytes,
-                               "dot_flops_per_rank": profile.dot_flops,
-                               "collective_bytes": [{"kind": k, "axes": list(a), "bytes": b}
-                                                    for (k, a), b in sorted(profile.bytes_by().items())],
-                               "exceeds_model": discrepancies(profile, own)}
+            out["compiled"] = {**compiled_json(profile), "exceeds_model": discrepancies(profile, own)}
         print(json.dumps(out, indent=1))
         return 0
     from rainier_jax.perf.estimate_view import render_compiled, render_estimate
@@ -111,6 +118,40 @@ def cmd_estimate(args) -> int:
     if profile is not None:
         print(render_compiled(profile, own, e))
     return 0
+
+
+def _estimate_own(args, topo) -> int:
+    """`estimate --compiled` of a user's model: the compiled train step alone (there is no
+    analytic model of an arbitrary Flax module to set beside it)."""
+    from rainier_jax.cli.common import defaulted, run_config, start_jax
+    from rainier_jax.model.nnx_adapter import load_own_model
+    from rainier_jax.parallel.experiment import resolve
+    from rainier_jax.perf.compiled import check_ranks, profile_step
+    from rainier_jax.perf.estimate_view import render_compiled_only
+
+    check_ranks(topo)
+    run = run_config(args)
+    start_jax(topo.num_ranks)
+    model = load_own_model(args.model, seq=run.seq)
+    experiment = resolve(topo, model, args.parallel, run, defaulted=defaulted(args))
+    for warning in experiment.warnings():
+        print(f"rainier: {warning}", file=sys.stderr)
+    profile = profile_step(experiment)
+    if args.json:
+        print(json.dumps({"model": model.name, "mesh": topo.name, "ranks": topo.num_ranks,
+                          "layout": experiment.layout.axis_sizes(), "compiled": compiled_json(profile)}, indent=1))
+        return 0
+    print(render_compiled_only(profile, experiment))
+    return 0
+
+
+def compiled_json(profile) -> dict:
+    """The compiled profile's fields in `estimate --json`."""
+    return {"compile_seconds": profile.compile_seconds, "hbm_per_rank_bytes": profile.hbm_bytes,
+            "argument_bytes": profile.argument_bytes, "temp_bytes": profile.temp_bytes,
+            "dot_flops_per_rank": profile.dot_flops,
+            "collective_bytes": [{"kind": k, "axes": list(a), "bytes": b}
+                                 for (k, a), b in sorted(profile.bytes_by().items())]}
 
 
 # The sweep's time grows with the ranks (more factorisations, each estimated over more groups).

@@ -7,6 +7,7 @@ import sys
 
 from rainier_jax.cli.common import (DEFAULT_MESH, DEFAULT_MODEL, check_only, defaulted, run_config, start_jax,
                                     writable_dir)
+from rainier_jax.cli.models import model_for
 from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags, preset_help, run_default, shown
 from rainier_jax.config.errors import ConfigError, setting
 
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
                     help="override the derived bound: limit on every tensor's relative L2 error and the loss")
     pa.add_argument("--mesh", default=DEFAULT_MESH, help=f"mesh name or path [{DEFAULT_MESH}]")
     add_mesh_flags(pa)
-    pa.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path [{DEFAULT_MODEL}]")
+    pa.add_argument("--model", default=DEFAULT_MODEL, help=f"model name, TOML or config.json path, or FILE.py:FACTORY (docs/OWN_MODEL.md) [{DEFAULT_MODEL}]")
     pa.add_argument("--steps", type=int, default=3, help="steps compared [%(default)s]")
     pa.add_argument("--batch", type=int, default=16, help="global sequences per step [%(default)s]")
     pa.add_argument("--seq", type=int, default=64, help="sequence length [%(default)s]")
@@ -43,7 +44,6 @@ def cmd_parity(args) -> int:
     from rainier_jax.parallel.experiment import resolve, single_device
     from rainier_jax.parallel.layout import ParallelLayout, matrix_microbatches, parse_layout
     from rainier_jax.parallel.placement import admissible_layouts
-    from rainier_jax.spec.model import load_model, require_trainable
     from rainier_jax.spec.precision import get_policy, incompatibility
     from rainier_jax.hardware.topology import load_topology
 
@@ -52,9 +52,8 @@ def cmd_parity(args) -> int:
     cluster = cluster_lib.from_env()
     topo = load_topology(args.mesh, lnc=args.lnc)
     cluster_lib.check_topology(cluster, topo)
-    model = load_model(args.model)
-    require_trainable(model)
     run = run_config(args)
+    model, started = model_for(args, None, run, topo, cluster)
     if args.matrix == (args.parallel is not None):
         raise ConfigError("parity: give either --parallel LAYOUT or --matrix (exactly one)")
     if args.tolerance is not None and not args.tolerance > 0:
@@ -119,7 +118,8 @@ def cmd_parity(args) -> int:
         for note in corpus.notes:  # e.g. a --data file that looks binary
             print(shown(note, args), file=sys.stderr)
 
-    start_jax(topo.num_ranks, cluster, topo)
+    if not started:
+        start_jax(topo.num_ranks, cluster, topo)
 
     from rainier_jax.parity.harness import EPS32, Bound, run_parity
     from rainier_jax.parity.report import MATRIX_HEADER, format_result, matrix_row, write_report

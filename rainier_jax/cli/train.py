@@ -12,6 +12,7 @@ import time
 
 from rainier_jax.cli.common import (DEFAULT_MESH, DEFAULT_MODEL, check_only, defaulted, given, run_config,
                                     run_settings, start_jax, writable_dir)
+from rainier_jax.cli.models import model_for, replicated_note
 from rainier_jax.cli.flags import add_mesh_flags, add_pipeline_flags, preset_help, run_default, shown
 from rainier_jax.config.errors import ConfigError, setting
 from rainier_jax.train.checkpoint.record import DEFAULT_KEEP
@@ -21,7 +22,8 @@ def add_parser(sub) -> None:
     tr = sub.add_parser("train", help="train a model on an emulated mesh")
     tr.add_argument("--mesh", default=None, help=f"mesh name or path [{DEFAULT_MESH}]")
     add_mesh_flags(tr)
-    tr.add_argument("--model", default=None, help=f"model name or path [{DEFAULT_MODEL}]")
+    tr.add_argument("--model", default=None,
+                    help=f"model name, TOML or config.json path, or FILE.py:FACTORY (docs/OWN_MODEL.md) [{DEFAULT_MODEL}]")
     tr.add_argument("--parallel", default=None,
                     help="layout dp=..,fsdp=..,tp=.. (omitted axes are 1; product = mesh ranks) [dp = all ranks]")
     tr.add_argument("--steps", type=int, default=None,
@@ -103,29 +105,27 @@ def cmd_train(args) -> int:
     from rainier_jax.parallel.experiment import resolve
     from rainier_jax.train.metrics import MetricsLog
     from rainier_jax.hardware.topology import load_topology
-    from rainier_jax.spec.model import load_model, require_trainable
 
     from rainier_jax.dist import cluster as cluster_lib
 
-    # Everything the user gave is checked before JAX starts; so is the checkpoint to resume.
+    # Everything the user gave is checked before JAX starts; so is the checkpoint to resume. A
+    # user's own model file is the exception: building a Flax model needs JAX, so JAX starts
+    # first (still before anything compiles).
     cluster = cluster_lib.from_env()
     ckpt_dir, found, notes = checkpoint_plan(args)
     topo = load_topology(args.mesh or DEFAULT_MESH, lnc=args.lnc)
     cluster_lib.check_topology(cluster, topo)
-    if found is not None and args.model is None:
-        model = found.record.experiment.model
-    else:
-        model = load_model(args.model or DEFAULT_MODEL)
-    require_trainable(model)
     saved_run = dataclasses.asdict(found.record.experiment.run) if found is not None else None
-    experiment = resolve(topo, model, args.parallel, run_config(args, base=saved_run),
-                         defaulted=defaulted(args, saved_run))
+    run = run_config(args, base=saved_run)
+    model, started = model_for(args, found, run, topo, cluster)
+    experiment = resolve(topo, model, args.parallel, run, defaulted=defaulted(args, saved_run))
     layout, run = experiment.layout, experiment.run
     corpus = data_lib.load_corpus(args.data, model.vocab_size, run.seq)
     start = 0
     if found is not None:
         from rainier_jax.train.checkpoint import record as records
-        records.check_model(found.record, model, args.model, str(found.path))
+        from rainier_jax.train.checkpoint.model_record import check_model
+        check_model(found.record, model, args.model, str(found.path))
         records.check_corpus(found.record, args.data, corpus.source, corpus.sha256, str(found.path))
         start = found.step
         if start >= run.steps:
@@ -165,7 +165,8 @@ def cmd_train(args) -> int:
                              data_arg=records.absolute_if_path(args.data), corpus_source=corpus.source,
                              corpus_sha256=corpus.sha256, checkpoint_every=args.checkpoint_every or 0,
                              keep=args.keep or DEFAULT_KEEP))
-    start_jax(topo.num_ranks, cluster, topo)
+    if not started:
+        start_jax(topo.num_ranks, cluster, topo)
     return _run_training(experiment, corpus, metrics, saver, cluster, args)
 
 
@@ -188,6 +189,8 @@ def _run_training(experiment, corpus, metrics, saver=None, cluster=None, args=No
         say(f"  {describe_links(al)}")
     say(f"model {model.name}: {model.num_params():,} parameters; batch {run.batch} × seq {run.seq} "
           f"= {run.batch * run.seq:,} tokens per step; lr {run.lr:g}; seed {run.seed}")
+    if note := replicated_note(model):
+        say(note, file=sys.stderr)
     say(run.policy.describe())
     say(f"activations: remat {run.remat}"
           + (f"; ZeRO-1: optimizer state split over dp={layout.dp}" if run.zero1 and layout.dp > 1 else ""))

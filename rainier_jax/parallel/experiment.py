@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rainier_jax.hardware.topology import Topology
-from rainier_jax.config.errors import ConfigError, setting as marked
-from rainier_jax.parallel.axis_rules import validate_split
-from rainier_jax.parallel.layout import AXES, ParallelLayout, parse_layout, validate_all
+from rainier_jax.parallel.layout import AXES, ParallelLayout, parse_layout
+from rainier_jax.parallel.validate import validate
 from rainier_jax.parallel.placement import layout_warnings, place
 from rainier_jax.parallel.schedules import Schedule, build_schedule
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.own import OwnModel
-from rainier_jax.spec.precision import Policy, check_compatible
+from rainier_jax.spec.precision import Policy
 from rainier_jax.spec.run import RunConfig
 
 if TYPE_CHECKING:
@@ -78,22 +77,6 @@ class Experiment:
         run = dataclasses.replace(run or self.run, **changes)
         validate(self.layout, self.model, run)
         return Experiment(self.model, run, self.layout, self.topology, self.placement)
-
-
-def validate(layout: ParallelLayout, model: ModelConfig | OwnModel, run: RunConfig, *, setting: str = "parallel",
-             precision_setting: str = "precision", defaulted: frozenset[str] = frozenset()) -> None:
-    """Everything the layout, the model and the run settings must satisfy together."""
-    validate_all(layout, model, run, setting=setting, defaulted=defaulted)
-    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches, setting=precision_setting)
-    if isinstance(model, OwnModel):
-        validate_split(layout, model, setting=setting)
-        if layout.pp > 1 and not model.pipeline:
-            raise ConfigError(f"{marked(setting)} {layout}: pp={layout.pp} needs a model that splits into stages — "
-                              f"`embed(tokens)`, an nnx.vmap-stacked `blocks` with a leading 'layers' axis, "
-                              f"and `head(x)` (docs/OWN_MODEL.md); {model.factory} has no such split: use pp=1")
-        problem = model.precision_problem(run.policy, precision_setting)
-        if problem:
-            raise ConfigError(problem)
 
 
 def mesh_of(layout: ParallelLayout, placement: np.ndarray | None) -> Mesh:

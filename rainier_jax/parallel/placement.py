@@ -21,7 +21,8 @@ import numpy as np
 
 from rainier_jax.config.errors import ConfigError, setting as marked
 from rainier_jax.hardware.topology import LINK_CLASSES, Topology
-from rainier_jax.parallel.layout import AXES, ParallelLayout, factorisations, matrix_microbatches, validate_all
+from rainier_jax.parallel.layout import AXES, ParallelLayout, factorisations, matrix_microbatches
+from rainier_jax.parallel.validate import validate
 from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.run import RunConfig
 
@@ -236,8 +237,8 @@ def admissible_layouts(topo: Topology, cfg: ModelConfig, batch: int, *, schedule
     for layout in factorisations(topo.num_ranks, axes):
         try:
             m = matrix_microbatches(layout) if microbatches is None else microbatches
-            validate_all(layout, cfg, RunConfig(batch=batch, schedule=schedule, microbatches=m,
-                                                virtual_stages=virtual_stages))
+            validate(layout, cfg, RunConfig(batch=batch, schedule=schedule, microbatches=m,
+                                            virtual_stages=virtual_stages))
             place(layout, topo)
         except ConfigError:
             continue

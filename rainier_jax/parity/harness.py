@@ -32,6 +32,7 @@ import numpy as np
 
 from rainier_jax.train import data as data_lib
 from rainier_jax.dist.arrays import host_copy, local_value, to_devices
+from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.precision import Policy
 from rainier_jax.train.loop import Program
 
@@ -166,25 +167,39 @@ class ParityResult:
                 and all(t.ok for t in self.free_params))
 
 
-def tensor_depths(tree: dict, n_layers: int) -> dict[str, tuple[np.ndarray, int]]:
+def depth_rule(model) -> tuple[str | None, Callable[[str], int]]:
+    """(the key of the stacked layers, depth of a top-level parameter outside them) for a model
+    spec. The built-in model: the embedding at L + 1, the head and final norm at 0. A user's
+    model: its `blocks` stack (none without the pipeline contract), and every other parameter at
+    L + 1 — where it sits in the forward pass is not known, and the deepest place gives the
+    largest bound, so no parameter is held to a bound tighter than its true depth's
+    (docs/OWN_MODEL.md)."""
+    L = model.n_layers
+    if isinstance(model, ModelConfig):
+        return "layers", lambda key: L + 1 if key == "embed" else 0
+    return model.stack, lambda key: L + 1
+
+
+def tensor_depths(tree: dict, model) -> dict[str, tuple[np.ndarray, int]]:
     """Flatten a parameter-shaped tree into {path: (array, depth)}, stacked layers split per layer."""
+    stack, outer_depth = depth_rule(model)
+    n_layers = model.n_layers
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        keys = [p.key for p in path]
+        keys = [str(p.key) for p in path]
         arr = np.asarray(leaf, dtype=np.float64)
-        if keys[0] == "layers":
+        if keys[0] == stack:
             for layer in range(arr.shape[0]):
-                out[f"layers/{'/'.join(keys[1:])}[{layer}]"] = (arr[layer], n_layers - layer)
+                out[f"{stack}/{'/'.join(keys[1:])}[{layer}]"] = (arr[layer], n_layers - layer)
         else:
-            depth = n_layers + 1 if keys[0] == "embed" else 0
-            out["/".join(keys)] = (arr, depth)
+            out["/".join(keys)] = (arr, outer_depth(keys[0]))
     return out
 
 
-def compare(ref_tree, cand_tree, n_layers: int, limit: Callable[[int], float], step: int,
+def compare(ref_tree, cand_tree, model, limit: Callable[[int], float], step: int,
             limit_on: str = "rel_l2") -> list[TensorError]:
-    ref = tensor_depths(ref_tree, n_layers)
-    cand = tensor_depths(cand_tree, n_layers)
+    ref = tensor_depths(ref_tree, model)
+    cand = tensor_depths(cand_tree, model)
     errors = []
     for path, (r, depth) in ref.items():
         c = cand[path][0]
@@ -232,7 +247,7 @@ def run_parity(ref: Program, cand: Program, corpus: data_lib.Corpus, *, bound: B
         lc, gc = cand.grads(dataclasses.replace(state_cand, params=params_at_ref), batch_cand)
         loss_ref.append(float(local_value(lr)))
         loss_cand.append(float(local_value(lc)))
-        errors += compare(host_copy(gr), host_copy(gc), L, bound.limit, t + 1)
+        errors += compare(host_copy(gr), host_copy(gc), ref.model, bound.limit, t + 1)
         # Free-running: each run steps its own state.
         state_ref, m_ref = ref.step(state_ref, batch_ref)
         state_cand, m_cand = cand.step(state_cand, batch_cand)
@@ -243,7 +258,7 @@ def run_parity(ref: Program, cand: Program, corpus: data_lib.Corpus, *, bound: B
     # An Adam step moves an element by about lr at most, so two runs whose updates differ in sign
     # drift apart by at most 2·lr per step (approximate: bias correction can exceed it briefly).
     drift = 2 * sum(lrs)
-    free_params = compare(host_copy(state_ref.params), host_copy(state_cand.params), L,
+    free_params = compare(host_copy(state_ref.params), host_copy(state_cand.params), ref.model,
                           lambda _: drift, run.steps, limit_on="max_abs")
     return ParityResult(reference_name, candidate_name, bound, loss_ref, loss_cand, loss_limit,
                         _worst(errors), free_ref, free_cand, _worst(free_params))

@@ -79,14 +79,21 @@ class CompiledProfile:
 
 # --- checks that need no JAX --------------------------------------------------------------------
 
-def check_compilable(model: ModelConfig, topo: Topology, layout: ParallelLayout) -> None:
-    """Refuse, before JAX starts, what `profile_step` cannot compile. The layout itself is checked
-    by the usual validation (`layout.validate_all`, `layout.place`)."""
-    del layout  # every validated layout of a compilable mesh compiles
+def check_ranks(topo: Topology) -> None:
+    """Refuse, before JAX starts, a mesh with more ranks than one process can emulate."""
     if topo.num_ranks > MAX_DEVICES:
         raise ConfigError(f"{setting('compiled')}: {topo.num_ranks:,} ranks exceed the {MAX_DEVICES:,} CPU "
                           f"devices one process can hold; drop {setting('compiled')} (the analytic model covers "
                           f"it) or use fewer {setting('nodes')}")
+
+
+def check_compilable(model: ModelConfig, topo: Topology, layout: ParallelLayout) -> None:
+    """Refuse, before JAX starts, what `profile_step` cannot compile. The layout itself is checked
+    by the usual validation (`layout.validate_all`, `layout.place`)."""
+    del layout  # every validated layout of a compilable mesh compiles
+    check_ranks(topo)
+    if not isinstance(model, ModelConfig):
+        return   # a user's model was built (with JAX) before it got here
     try:
         require_trainable(model)
     except ConfigError as e:

@@ -119,6 +119,25 @@ def render_compiled(profile, analytic: Estimate, main: Estimate) -> str:
     return "\n".join(lines)
 
 
+def render_compiled_only(profile, experiment) -> str:
+    """The compiled train step of a model the analytic model does not cover (a user's own)."""
+    lines = [f"model {experiment.model.name} on {experiment.topology.name} ({experiment.topology.num_ranks:,} ranks), "
+             f"layout {experiment.layout}; batch {experiment.run.batch:,} × seq {experiment.run.seq:,} · "
+             f"{experiment.run.precision}",
+             f"Compiled: rainier's train step lowered for {experiment.topology.num_ranks:,} CPU devices from abstract "
+             f"shapes in {profile.compile_seconds:.1f} s (no analytic model of a user's model to compare with)",
+             f"  HBM per rank {size(profile.hbm_bytes)} (arguments {size(profile.argument_bytes)}, "
+             f"temporaries {size(profile.temp_bytes)}, outputs {size(profile.output_bytes)}, "
+             f"aliased {size(profile.alias_bytes)}); a rank has {size(experiment.topology.hbm_bytes_per_rank)}"
+             + ("" if profile.hbm_bytes <= experiment.topology.hbm_bytes_per_rank else " — it does not fit"),
+             f"  dot FLOPs per rank {profile.dot_flops:.3e}",
+             "  collective bytes per step by kind and axes:"]
+    compiled = bytes_by(profile.collectives, above=8, axes=lambda c: c.axes + (("partial",) if c.partial else ()))
+    for key in sorted(compiled):
+        lines.append(f"    {key[0]:<18} {'×'.join(key[1]):<14} {size(compiled[key]):>11}")
+    return "\n".join(lines)
+
+
 def render_plan(p: planner.Ranking, top: int) -> str:
     if not p.ranked:
         return ""

@@ -52,7 +52,15 @@ def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def need(experiment, *, what: str, ranks: int | None = None, topology=None) -> Need:
     """Host bytes of one emulated program: `ranks` (default: all of the layout's) × the busiest
-    rank's bytes (`topology` for a single-device experiment, which has none)."""
+    rank's bytes (`topology` for a single-device experiment, which has none). A user's own model
+    has no analytic activation model: its need is its state (weights, gradients, optimizer), which
+    is what decides whether a large model fits (docs/OWN_MODEL.md)."""
+    from rainier_jax.spec.own import OwnModel
+    if isinstance(experiment.model, OwnModel):
+        from rainier_jax.perf.state_bytes import state_bytes_per_rank
+        run = experiment.run
+        per_rank = sum(state_bytes_per_rank(experiment.model, experiment.layout, run.policy, zero1=run.zero1).values())
+        return Need(what, experiment.layout.size if ranks is None else ranks, per_rank)
     from rainier_jax.perf.estimate import memory
     per_rank = memory(experiment, recipe="rainier", topology=topology).total
     return Need(what, experiment.layout.size if ranks is None else ranks, per_rank)

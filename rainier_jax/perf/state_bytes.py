@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 
-from rainier_jax.parallel.axis_rules import param_rules, zero1_axes
+from rainier_jax.parallel.axis_rules import model_rules, zero1_axes
 from rainier_jax.parallel.layout import ParallelLayout
-from rainier_jax.spec.model import ModelConfig, param_axes, param_shapes
 from rainier_jax.spec.precision import Policy
 
 
@@ -31,14 +30,15 @@ def _per_rank(shape: tuple[int, ...], mesh_axes: tuple, sizes: dict[str, int]) -
     return math.prod(shape) // split
 
 
-def params_per_rank(cfg: ModelConfig, layout: ParallelLayout, *, zero1: bool = False) -> int:
+def params_per_rank(cfg, layout: ParallelLayout, *, zero1: bool = False) -> int:
     """Parameters one rank holds: each tensor divided by the mesh axes its dimensions are split
     over (a validated layout divides every split dimension exactly). `zero1` counts the optimizer
-    moments' share instead (`axis_rules.zero1_axes`)."""
-    rules = param_rules(layout, cfg)
+    moments' share instead (`axis_rules.zero1_axes`). `cfg` is any model spec (a ModelConfig or
+    a user's OwnModel: rainier_jax/model/seam.py)."""
+    rules = model_rules(layout, cfg)
     sizes = layout.axis_sizes()
     total = 0
-    for shape, logical in _leaves(param_shapes(cfg), param_axes(cfg)):
+    for shape, logical in _leaves(cfg.param_shapes(), cfg.param_axes()):
         mesh_axes = tuple(None if a is None else rules[a] for a in logical)
         if zero1:
             mesh_axes = zero1_axes(shape, mesh_axes, layout)
@@ -46,7 +46,7 @@ def params_per_rank(cfg: ModelConfig, layout: ParallelLayout, *, zero1: bool = F
     return total
 
 
-def state_bytes_per_rank(cfg: ModelConfig, layout: ParallelLayout, policy: Policy, *,
+def state_bytes_per_rank(cfg, layout: ParallelLayout, policy: Policy, *,
                          zero1: bool = False) -> dict[str, int]:
     """Bytes of weights, gradients and optimizer state on one rank. With `zero1` the optimizer
     state is further split over the data-parallel axis (FSDP already splits it with the weights)."""

@@ -197,10 +197,10 @@ def _rainier_comms(s: _Step) -> None:
         # Stage boundaries carry the embedding's dtype: the compute dtype.
         s.add("pp: stage-to-stage activations, gradients", "collective-permute", ("pp",),
               s.tok * D * s.cbytes, permutes)
-        # The per-stage accumulators of the weights outside the layer stack are summed over pp:
-        # the embedding twice (its own accumulator and the head's VJP's, zero), head, final norm.
-        # With ZeRO-1 they are summed after the dp reduce-scatter, on 1/dp of each.
-        outside = (cfg.vocab_size * D * (2 if cfg.tie_embeddings else 3) // tp // fsdp + D) * FP32_BYTES
+        # The per-stage accumulator of the weights outside the layer stack (one for the
+        # embedding's and the head's gradients) is summed over pp: the embedding, the head, the
+        # final norm. With ZeRO-1 it is summed after the dp reduce-scatter, on 1/dp of each.
+        outside = (cfg.vocab_size * D * (1 if cfg.tie_embeddings else 2) // tp // fsdp + D) * FP32_BYTES
         outside //= layout.dp if run.zero1 else 1
         s.add("pp: embedding, head, final-norm gradients", "all-reduce", ("pp",), outside, 1)
 

@@ -20,6 +20,14 @@ from rainier_jax.spec.precision import PRESETS, Policy
 LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm")
 
 
+def is_model_file(text: str | None) -> bool:
+    """True for a `FILE.py:FACTORY` model argument (anything else names a built-in model, a
+    model TOML or a Hugging Face config)."""
+    if not text or ":" not in text:
+        return False
+    return text.rsplit(":", 1)[0].endswith(".py")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class OwnModel:
     path: str            # absolute path of the model file
@@ -35,6 +43,11 @@ class OwnModel:
     @property
     def name(self) -> str:
         return f"{self.path}:{self.factory}"
+
+    @property
+    def stack(self) -> str | None:
+        """The top-level parameter key of the stacked blocks (the pipeline contract's `blocks`)."""
+        return "blocks" if self.pipeline else None
 
     def param_shapes(self) -> dict:
         return self.shapes

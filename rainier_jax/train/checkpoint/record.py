@@ -28,6 +28,7 @@ from rainier_jax.config.typed import from_mapping
 from rainier_jax.parallel.experiment import Experiment
 from rainier_jax.parallel.layout import ParallelLayout
 from rainier_jax.spec.model import ModelConfig
+from rainier_jax.train.checkpoint.model_record import OwnModelRecord, model_record
 from rainier_jax.spec.run import RunConfig
 
 FORMAT = "rainier-jax checkpoint v2"
@@ -58,7 +59,7 @@ def run_record(experiment: Experiment, *, mesh: str, data_arg: str | None, corpu
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "experiment": {"mesh": mesh, "lnc": experiment.topology.lnc, "layout": experiment.layout.axis_sizes(),
-                       "model": dataclasses.asdict(experiment.model), "run": dataclasses.asdict(experiment.run)},
+                       "model": model_record(experiment.model), "run": dataclasses.asdict(experiment.run)},
         "data": {"arg": data_arg, "source": corpus_source, "sha256": corpus_sha256},
         "checkpoint": {"every": checkpoint_every, "keep": keep},
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -97,7 +98,7 @@ class ExperimentRecord:
     mesh: str
     lnc: int
     layout: ParallelLayout
-    model: ModelConfig
+    model: ModelConfig | OwnModelRecord
     run: RunConfig
 
     def __post_init__(self):
@@ -369,16 +370,6 @@ def merge(saved: RunRecord, given: dict[str, Any], *, where: str) -> tuple[dict[
         "keep": given.get("keep", saved.checkpoint.keep),
     }
     return settings, notes
-
-
-def check_model(saved: RunRecord, model: ModelConfig, given_name: str | None, where: str) -> None:
-    """Refuse a model whose dimensions differ from the saved one (its name alone may differ)."""
-    before = dataclasses.asdict(saved.experiment.model)
-    for key, value in dataclasses.asdict(model).items():
-        if key != "name" and before.get(key) != value:
-            raise ConfigError(f"{setting('resume')}: {setting('model')} {given_name}: {key} {value} differs from the "
-                              f"checkpoint's {before.get(key)} ({where}); drop {setting('model')} to continue with "
-                              f"{before['name']}, or start a new {setting('checkpoint_dir')}")
 
 
 def check_corpus(saved: RunRecord, data_arg: str | None, source: str, sha256: str, where: str) -> None:
