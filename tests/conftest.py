@@ -1,7 +1,8 @@
 """Test-session setup: 8 emulated CPU devices and a persistent compile cache, set before JAX starts.
 
-This file, the CLI (cli.common.start_jax) and perf/compiled.py (which bypasses the compile cache around
-its HLO dump) are the only places that touch `jax.config`.
+This file, dist/startup.py (`start_jax`, through which both the CLI and `rj.emulate()` start JAX) and
+perf/compiled.py (which bypasses the compile cache around its HLO dump) are the only places that touch
+`jax.config`.
 """
 
 import os

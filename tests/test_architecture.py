@@ -48,6 +48,8 @@ parity    parity                                 config hardware spec plan model
 perf      perf                                   config hardware spec plan                      no
 compiled  perf.compiled                          config hardware spec plan model shard dist     yes
                                                  train perf
+api       api                                    config hardware spec plan model shard dist     yes
+                                                 train
 cli       cli                                    *                                              yes
 """
 # Not in the table: the package root, rainier_jax/__init__.py, which no module may import.
@@ -430,6 +432,8 @@ INSTALLED = {"rainier_jax/meshes": "meshes", "rainier_jax/models": "models"}
 # Markdown tree listing, in the folder that starts its row (a line such as `  perf/   ` and then
 # module names; a more indented line without a folder continues the row above).
 BARE = re.compile(r"(?<![\w./~*-])[\w-]+\.(?:py|md)\b(?!/)")
+# Placeholders of the command synopses (`--model FILE.py:FACTORY`, `rainier run SCRIPT.py`), not files.
+PLACEHOLDERS = {"FILE.py", "SCRIPT.py"}
 TREE_ROW = re.compile(r"(\s*)((?:[\w.-]+/)+)(?:\s|$)")
 # A dotted name, module.name. Checked when it starts with a subpackage's name or a former module's
 # name (FORMER): the names whose meaning the split into subpackages changed (the module train's
@@ -507,6 +511,8 @@ def citations(path: Path) -> list[str]:
             if not _exists(m.group(), path.parent):
                 bad.append(f"{here}:{line}: {m.group()} does not exist")
         for m in BARE.finditer(text):
+            if m.group() in PLACEHOLDERS:
+                continue
             if not any((folder / m.group()).exists() for folder in folders):
                 bad.append(f"{here}:{line}: {m.group()} is neither beside {here.name} nor at the top "
                            "(write its path)")

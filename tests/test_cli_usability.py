@@ -45,7 +45,7 @@ def _parse_error(*argv: str) -> str:
     (("schedule", "--shedule", "1f1b", "--pp", "2", "--microbatches", "4"),
      "schedule: unrecognized argument --shedule (did you mean --schedule?)"),
     (("trian",), "invalid choice 'trian' (did you mean train?; choose from mesh, train, parity, estimate, "
-                 "plan, launch, schedule)"),
+                 "plan, launch, run, schedule)"),
     (("mesh", "shwo"), "mesh: invalid choice 'shwo' (did you mean show?; choose from show, list)"),
 ])
 def test_typo_names_the_command_and_suggests(argv, message):

@@ -93,6 +93,8 @@ def settle(mesh: str | None = None, parallel: str | None = None, lnc: int | None
     docstring): the Settled mesh, or an EmulationError naming the argument — or, for a value the
     command line gave, its flag — and the fix."""
     command_line = from_env(environ)
+    if lnc is not None and (isinstance(lnc, bool) or not isinstance(lnc, int)):
+        raise EmulationError(f"lnc {lnc!r}: must be an integer (or None for the mesh file's default)")
     mine = {"mesh": mesh, "lnc": lnc, "parallel": parallel}
     # How messages name each setting: the argument, or the flag of `rainier run` it came from.
     names = {k: f"rainier run --{k}" for k in command_line if mine[k] is None}

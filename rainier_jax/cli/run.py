@@ -1,4 +1,4 @@
-"""`rainier run SCRIPT.py [--mesh M] [--lnc N] [--parallel L] [--processes N] [-- ARGS…]`: a user's
+"""`rainier run SCRIPT [--mesh M] [--lnc N] [--parallel L] [--processes N] [-- ARGS…]`: a user's
 own Python script on an emulated mesh.
 
 The script runs in a child process exactly as `python SCRIPT ARGS` would run it (`__name__` is
@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     ru.add_argument("--processes", type=int, default=None,
                     help="run the script as N jax.distributed processes, each owning mesh-instances/N "
                          "emulated instances (as rainier launch does) [one process]")
-    ru.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1, with --processes [a free one]")
+    ru.add_argument("--port", type=int, default=None,
+                    help="coordinator port on 127.0.0.1, with --processes [a free one]")
     ru.set_defaults(func=cmd_run)
 
 

@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from rainier_jax.config.errors import ConfigError, setting as marked
-from rainier_jax.model.nnx_loader import BLOCKS, Graph, graph_of, load_own_model, read  # noqa: F401 (re-exported)
+from rainier_jax.model.nnx_loader import BLOCKS, Graph, graph_of, load_own_model, read
 from rainier_jax.model.seam import Context, Params
 from rainier_jax.spec.own import OwnModel
 from rainier_jax.spec.precision import PRESETS, Policy
+
+__all__ = ["NnxNetwork", "NnxStages", "load_own_model"]
 
 BOUNDARY = ("batch", "seq", "embed")     # a stage's (and a block's) activations
 LOGITS = ("batch", "seq", "vocab")
@@ -47,6 +49,19 @@ def _cast(params: Params, ctx: Context) -> Params:
     return jax.tree.map(lambda x: ctx.compute.cast(x) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
+# Parameters whose dimensions are only these (embedding tables, a head) are constrained by the
+# activation rules before use, as the built-in model constrains its table: that gathers an
+# FSDP-split model dimension once, instead of letting the embedding's gather turn into
+# all-to-alls as wide as the fsdp group.
+_TABLE_AXES = {"vocab", "embed", None}
+
+
+def _gather_tables(params: Params, axes: dict, ctx: Context) -> Params:
+    def one(x, names):
+        return ctx.constrain(x, names) if names and set(names) <= _TABLE_AXES and "embed" in names else x
+    return jax.tree.map(one, params, {k: axes[k] for k in params})
+
+
 def _f32(logits):
     # Logits leave the model in fp32 whatever the module computed in: the loss's log-softmax
     # needs their full range.
@@ -61,25 +76,31 @@ class NnxStages:
 
     def _outer_module(self, outer: Params, ctx: Context):
         # The blocks' params enter as their shapes only: embed and head never read them.
-        full = {**_cast(outer, ctx), self.layers: self.net.graph.abstract[self.layers]}
+        outer = _gather_tables(_cast(outer, ctx), self.net.spec.axes, ctx)
+        full = {**outer, self.layers: self.net.graph.abstract[self.layers]}
         return self.net.graph.module(full, self.net.rest)
 
     def embed(self, outer: Params, tokens_BxT, ctx: Context):
         x_BxTxD = self._outer_module(outer, ctx).embed(tokens_BxT)
+        if ctx.compute is not None and jnp.issubdtype(x_BxTxD.dtype, jnp.floating):
+            # The residual stream is kept in the compute dtype from here on, as in the built-in
+            # model: Flax layers with a dtype of their own (nnx.Embed's is its param_dtype)
+            # would otherwise keep it in fp32.
+            x_BxTxD = ctx.compute.cast(x_BxTxD)
         return ctx.constrain(x_BxTxD, BOUNDARY)
 
     def blocks(self, layers: Params, x_BxTxD, ctx: Context):
         graph = self.net.graph
 
-        def block(layer, rest, x):
+        def block(layer, x):
             # The scan's carry keeps the stage input's dtype, whatever a block promotes to.
-            return ctx.constrain(graph.block(layer, rest)(x).astype(x.dtype), BOUNDARY)
+            return ctx.constrain(graph.block(layer)(x).astype(x.dtype), BOUNDARY)
         block = _remat(block, ctx.remat)
 
-        def step(x, layer_and_rest):
-            return block(*layer_and_rest, x), None
+        def step(x, layer):
+            return block(layer, x), None
 
-        x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, (_cast(layers, ctx), self.net.blocks_rest))
+        x_BxTxD, _ = jax.lax.scan(step, x_BxTxD, _cast(layers, ctx))
         return x_BxTxD
 
     def head(self, outer: Params, x_BxTxD, ctx: Context):
@@ -91,7 +112,6 @@ class NnxNetwork:
     spec: OwnModel
     graph: Graph
     rest: Any           # the module's non-Param state, concrete (constants of every program)
-    blocks_rest: Any    # the same for the stack of blocks (stacked [L, ...]), under the contract
 
     @classmethod
     def of(cls, spec: OwnModel) -> NnxNetwork:
@@ -106,8 +126,7 @@ class NnxNetwork:
             raise ConfigError(f"{where}: the file changed since the model was loaded (sha256 {spec.sha256[:12]}…, "
                               f"now {sha[:12]}…); restore it, or load it again and start a new run")
         graph = graph_of(path, spec.factory, data, sha, where)
-        rest, blocks_rest = graph.constants()
-        return cls(spec, graph, rest, blocks_rest)
+        return cls(spec, graph, graph.constants())
 
     @property
     def stages(self) -> NnxStages | None:
@@ -127,7 +146,8 @@ class NnxNetwork:
 
         # No blocks to remat one by one: the whole forward pass is (docs/OWN_MODEL.md).
         def forward(p, tokens):
-            return _f32(self.graph.module(_cast(p, ctx), self.rest)(tokens))
+            p = _gather_tables(_cast(p, ctx), self.spec.axes, ctx)
+            return _f32(self.graph.module(p, self.rest)(tokens))
         return ctx.constrain(_remat(forward, ctx.remat)(params, tokens_BxT), LOGITS)
 
     def decay_mask(self, params: Params) -> Params:
@@ -136,9 +156,6 @@ class NnxNetwork:
         def decays(_, axes):
             return sum(a != "layers" for a in axes) >= 2 and "norm" not in axes
         return jax.tree.map(decays, params, self.spec.axes)
-
-    def precision_problem(self, policy: Policy, setting: str = "precision") -> str | None:
-        return self.spec.precision_problem(policy, setting)
 
     def fp8_init(self, policy: Policy) -> Params:
         # Never called: validation refuses fp8 for this model (OwnModel.precision_problem).

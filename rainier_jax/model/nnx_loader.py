@@ -1,4 +1,5 @@
-"""Loading a user's Flax NNX model: `FILE.py:FACTORY` → the module's graph and its `OwnModel` spec.
+"""Loading a user's Flax NNX model: `path/to/model.py:FACTORY` → the module's graph and its
+`OwnModel` spec.
 
 The file is imported under a name of its own (its directory on `sys.path` while it loads, so it
 can import its siblings), `FACTORY(nnx.Rngs(0))` is built abstractly (`nnx.eval_shape`, eager
@@ -100,7 +101,7 @@ class Graph:
     params: StateTree
     rest: Any                      # abstract non-Param state of the whole module
     abstract: dict                 # the params as ShapeDtypeStructs (pure dict)
-    blocks: tuple | None           # (graphdef, StateTree, abstract rest) of `blocks`, or None
+    blocks: tuple | None           # `blocks`' (graphdef, StateTree, other state), or None
     model: Any                     # the abstract module (for reading it; never run)
 
     def build(self, key):
@@ -114,25 +115,21 @@ class Graph:
         return jax.tree.map(lambda x: x.astype(jnp.float32), params)
 
     def constants(self):
-        """The non-Param state, concrete (from `Rngs(0)`): the module's and its blocks'. Held as
-        constants by the programs; computed outside any trace."""
+        """The module's non-Param state, concrete (from `Rngs(0)`): held as constants by the
+        programs, computed outside any trace."""
         if not jax.tree.leaves(self.rest):
-            return self.rest, (self.blocks[2] if self.blocks else None)
-
-        def both():
-            module = self.build(0)
-            blocks = nnx.split(getattr(module, BLOCKS), nnx.Param, ...)[2] if self.blocks else None
-            return nnx.split(module, nnx.Param, ...)[2], blocks
+            return self.rest
         with jax.ensure_compile_time_eval():
-            return jax.jit(both)()
+            return jax.jit(lambda: nnx.split(self.build(0), nnx.Param, ...)[2])()
 
     def module(self, pure: dict, rest):
         return nnx.merge(self.graphdef, self.params.state(pure), rest)
 
-    def block(self, layer: dict, rest):
-        """One block of the stack, from one layer's slice of its params (and of its other state)."""
-        graphdef, tree, _ = self.blocks
-        return nnx.merge(graphdef, tree.state(layer), rest)
+    def block(self, layer: dict):
+        """One block of the stack, from one layer's slice of its params (the contract leaves the
+        blocks no other state)."""
+        graphdef, tree, empty = self.blocks
+        return nnx.merge(graphdef, tree.state(layer), empty)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +139,7 @@ _LOADED: dict[tuple[str, str, str], Graph] = {}   # (path, sha256, factory) → 
 
 
 def parse(text: str, setting: str) -> tuple[Path, str]:
-    """`FILE.py:FACTORY` → (absolute path, factory name), the file checked to exist."""
+    """`path/to/model.py:FACTORY` → (absolute path, factory name), the file checked to exist."""
     where = f"{marked(setting)} {text}"
     file, colon, factory = text.rpartition(":")
     if not colon:
@@ -210,8 +207,8 @@ def graph_of(path: Path, factory_name: str, data: bytes, sha: str, where: str) -
         raise ConfigError(f"{where}: {path.name} defines no {factory_name} "
                           f"(its functions and classes: {', '.join(defined) or 'none'})")
     if not callable(factory):
-        raise ConfigError(f"{where}: {factory_name} is a {type(factory).__name__}, not a function; "
-                          "FACTORY(rngs) must build the nnx.Module")
+        raise ConfigError(f"{where}: {factory_name} is not a function (it is a value of type "
+                          f"{type(factory).__name__}); FACTORY(rngs) must build the nnx.Module")
 
     def build():
         out = factory(nnx.Rngs(0))
@@ -224,7 +221,7 @@ def graph_of(path: Path, factory_name: str, data: bytes, sha: str, where: str) -
         with nnx.use_eager_sharding(False):
             model = nnx.eval_shape(build)
     except _NotAModule as e:
-        raise ConfigError(f"{where}: {factory_name}(rngs) returned a {e}, not an nnx.Module") from None
+        raise ConfigError(f"{where}: {factory_name}(rngs) returned a value of type {e}, not an nnx.Module") from None
     except Exception as e:
         raise ConfigError(f"{where}: {factory_name}(nnx.Rngs(0)) raised {_one_line(e)}") from None
     finally:
@@ -247,7 +244,7 @@ def _has_stage_methods(model) -> bool:
 
 
 def load_own_model(text: str, *, seq: int, setting: str = "model") -> OwnModel:
-    """`FILE.py:FACTORY` (a relative path read from the current directory) → its OwnModel spec,
+    """`path/to/model.py:FACTORY` (a relative path read from the current directory) → its OwnModel spec,
     the module checked to map int32 tokens [2, seq] to floating logits [2, seq, V]. `setting`
     names it in messages (each a ConfigError of one line)."""
     where = f"{marked(setting)} {text}"
@@ -336,10 +333,9 @@ def _pipeline(graph: Graph, axes: dict, shapes: dict) -> tuple[bool, str]:
         sizes.add(_get(shapes, keys)[0])
     if len(sizes) > 1:
         return False, f"the parameters of {BLOCKS} stack different numbers of layers {sorted(sizes)}"
-    (n,) = sizes
-    for leaf in jax.tree.leaves(graph.blocks[2]):
-        if not leaf.shape or leaf.shape[0] != n:
-            return False, f"{BLOCKS} holds state other than nnx.Param that is not stacked [{n}, ...]"
+    if jax.tree.leaves(graph.blocks[2]):
+        # A pipeline stage gets its slice of the parameters only.
+        return False, f"{BLOCKS} holds state other than nnx.Param (RNG keys, buffers)"
     return True, ""
 
 
@@ -347,14 +343,14 @@ def _check_stages(graph: Graph, seq: int, vocab: int, where: str) -> None:
     """The contract's three stages compose to the module's logits (eval_shape, nothing computed)."""
     tokens = jax.ShapeDtypeStruct((2, seq), jnp.int32)
 
-    def stages(p, r, br, t):
+    def stages(p, r, t):
         x = graph.module(p, r).embed(t)
         if not isinstance(x, jax.Array) or x.ndim != 3 or x.shape[:2] != (2, seq):
             raise _Refused(f"embed returned {getattr(x, 'shape', type(x).__name__)}; expected [2, {seq}, D]")
-        x, _ = jax.lax.scan(lambda h, lr: (graph.block(*lr)(h).astype(h.dtype), None), x, (p[BLOCKS], br))
+        x, _ = jax.lax.scan(lambda h, layer: (graph.block(layer)(h).astype(h.dtype), None), x, p[BLOCKS])
         return graph.module(p, r).head(x)
     try:
-        out = jax.eval_shape(stages, graph.abstract, graph.rest, graph.blocks[2], tokens)
+        out = jax.eval_shape(stages, graph.abstract, graph.rest, tokens)
     except _Refused as e:
         raise ConfigError(f"{where}: pipeline contract: {e}") from None
     except Exception as e:

@@ -51,6 +51,12 @@ def validate_split(layout: ParallelLayout, model, setting: str = "parallel") -> 
     rules, sizes = model_rules(layout, model), layout.axis_sizes()
     shapes = dict(leaves_with_paths(model.param_shapes()))
     for path, axes in leaves_with_paths(model.param_axes()):
+        used = [a for name in axes for a in _names(rules.get(name))]
+        if twice := sorted({a for a in used if used.count(a) > 1}):
+            names = [name for name in axes if twice[0] in _names(rules.get(name))]
+            raise ConfigError(f"parameter {path} of {model.name}: logical axes {' and '.join(map(repr, names))} "
+                              f"both map to mesh axis {twice[0]!r}, and a tensor can be split over a mesh axis "
+                              f"only once; leave one of them unnamed (None)")
         for dim, (n, name) in enumerate(zip(shapes[path], axes)):
             split = [a for a in _names(rules.get(name)) if sizes[a] > 1]
             ways = math.prod(sizes[a] for a in split)

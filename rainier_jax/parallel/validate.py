@@ -15,15 +15,18 @@ from rainier_jax.spec.run import RunConfig
 
 def validate(layout: ParallelLayout, model: ModelConfig | OwnModel, run: RunConfig, *, setting: str = "parallel",
              precision_setting: str = "precision", defaulted: frozenset[str] = frozenset()) -> None:
-    """Everything the layout, the model and the run settings must satisfy together."""
-    validate_all(layout, model, run, setting=setting, defaulted=defaulted)
-    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches, setting=precision_setting)
+    """Everything the layout, the model and the run settings must satisfy together. A user's
+    model is asked first what only it can refuse (stages for a pipeline, the presets it runs):
+    "pp=2 needs stages" says more than "1 layer does not split into 2 chunks"."""
     if isinstance(model, OwnModel):
-        validate_split(layout, model, setting=setting)
         if layout.pp > 1 and not model.pipeline:
             raise ConfigError(f"{marked(setting)} {layout}: pp={layout.pp} needs a model that splits into stages — "
                               f"`embed(tokens)`, an nnx.vmap-stacked `blocks` with a leading 'layers' axis, "
-                              f"and `head(x)` (docs/OWN_MODEL.md); {model.factory} has no such split: use pp=1")
+                              f"and `head(x)` (docs/OWN_MODEL.md); {model.factory} does not "
+                              f"({model.pipeline_problem or 'no such split'}): use pp=1")
         problem = model.precision_problem(run.policy, precision_setting)
         if problem:
             raise ConfigError(problem)
+        validate_split(layout, model, setting=setting)
+    validate_all(layout, model, run, setting=setting, defaulted=defaulted)
+    check_compatible(run.policy, pp=layout.pp, microbatches=run.microbatches, setting=precision_setting)
