@@ -170,6 +170,28 @@ def test_sharding_names_an_unknown_axis(no_command_line):
         em.sharding("tokens")
 
 
+def test_check_refuses_kv_heads_tp_does_not_divide(no_command_line):
+    from flax import nnx
+    em = rj.emulate(parallel="dp=2,tp=4")
+
+    def model(kv_heads):
+        # A key projection [d_model, kv_heads, head_dim], built abstractly: nothing allocated.
+        init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "kv_heads", "head_dim"))
+        return lambda: nnx.Einsum("btd,dgk->btgk", (16, kv_heads, 8), kernel_init=init, rngs=nnx.Rngs(0))
+
+    em.check(model(4))
+    with pytest.raises(rj.EmulationError, match=r"tp=4 does not divide dimension 1 \(2\) of parameter kernel "
+                                                 r"\(logical axis 'kv_heads'\)") as e:
+        em.check(model(2))
+    assert isinstance(e.value, ConfigError) and "‹" not in str(e.value)
+    with pytest.raises(rj.EmulationError, match="unknown logical axis name 'tp'"):
+        em.check(lambda: nnx.Linear(4, 4, rngs=nnx.Rngs(0), kernel_init=nnx.with_partitioning(
+            nnx.initializers.lecun_normal(), ("embed", "tp"))))
+    with em:   # a module built for real on the mesh is read the same way
+        em.check(model(4)())
+
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"parallel": "dp=3"}, "parallel dp=3: the axis sizes multiply to 3 but the mesh has 8 ranks"),
     ({"parallel": "dp=2,tq=4"}, "parallel dp=2,tq=4: unknown axis 'tq'"),

@@ -46,7 +46,7 @@ class Emulation:
       data (the batch split over dp and fsdp).
     - `topology`, `layout`, `placement`, `cluster`: what was emulated, and which process this is.
 
-    `with em:` (which may be nested) enters `jax.set_mesh(em.mesh)` and
+    `check(model)` refuses a model the layout cannot split. `with em:` (which may be nested) enters `jax.set_mesh(em.mesh)` and
     `flax.nnx.logical_axis_rules(em.rules)`, so a model and an `nnx.Optimizer` created inside it
     get sharded variables."""
 
@@ -87,6 +87,28 @@ class Emulation:
         from rainier_jax.dist.arrays import host_copy
         return host_copy(tree)
 
+    def check(self, model) -> None:
+        """Refuse a Flax NNX model this layout cannot split, before anything is allocated: a
+        parameter dimension whose mesh axes do not divide it (kv heads that tp does not divide,
+        say), a logical name the rules do not know, a tensor split over one mesh axis twice.
+        `model` is a module (abstract or not) or a function that builds one, which is then built
+        abstractly: `em.check(lambda: MyModel(rngs=nnx.Rngs(0)))`. Raises EmulationError naming
+        the parameter and the fix."""
+        from flax import nnx
+
+        from rainier_jax.model.nnx_loader import read_params
+        from rainier_jax.parallel.axis_rules import validate_split
+
+        if not isinstance(model, nnx.Module):
+            with nnx.use_eager_sharding(False):   # shapes and names only: no mesh, no arrays
+                model = nnx.eval_shape(model)
+        name = type(model).__name__
+        try:
+            shapes, axes = read_params(model, f"model {name}")
+            validate_split(self.layout, _Tree(name, shapes, axes))
+        except ConfigError as e:
+            raise EmulationError(str(e)) from None
+
     def describe(self) -> str:
         """The mesh and where the layout's axes land on it, as `rainier mesh show` prints it."""
         return render_mesh(self.topology, self.layout, self.placement)
@@ -107,6 +129,19 @@ class Emulation:
         processes = f", {self.cluster.num_processes} processes" if self.cluster.num_processes > 1 else ""
         return (f"Emulation({self.topology.name}: {self.topology.num_ranks} ranks, LNC={self.topology.lnc}, "
                 f"layout {self.layout}{processes})")
+
+
+class _Tree:
+    """A module's parameter tree as `validate_split` reads a model spec."""
+
+    def __init__(self, name: str, shapes: dict, axes: dict):
+        self.name, self._shapes, self._axes = name, shapes, axes
+
+    def param_shapes(self) -> dict:
+        return self._shapes
+
+    def param_axes(self) -> dict:
+        return self._axes
 
 
 def emulate(mesh: str | None = None, parallel: str | None = None, lnc: int | None = None) -> Emulation:

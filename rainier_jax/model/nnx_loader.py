@@ -252,7 +252,7 @@ def load_own_model(text: str, *, seq: int, setting: str = "model") -> OwnModel:
     data = read(path, where)
     sha = hashlib.sha256(data).hexdigest()
     graph = graph_of(path, factory_name, data, sha, where)
-    shapes, axes = _read_params(graph.model, where)
+    shapes, axes = read_params(graph.model, where)
     vocab = _check_output(graph, seq, where)
     pipeline, problem = _pipeline(graph, axes, shapes)
     if pipeline:
@@ -262,7 +262,9 @@ def load_own_model(text: str, *, seq: int, setting: str = "model") -> OwnModel:
                     pipeline=pipeline, pipeline_problem=problem)
 
 
-def _read_params(model, where: str) -> tuple[dict, dict]:
+def read_params(model, where: str) -> tuple[dict, dict]:
+    """(shapes, logical axes) of a module's nnx.Params as pure-dict trees (the module may be
+    abstract, from `nnx.eval_shape`); a ConfigError naming `where` for names rainier cannot use."""
     flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     if not flat:
         raise ConfigError(f"{where}: the module has no nnx.Param; rainier trains nnx.Param variables "
