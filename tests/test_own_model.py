@@ -18,7 +18,8 @@ from rainier_jax.train.checkpoint import record
 GPT2 = "scripts/gpt2_model.py:tiny_gpt2"
 TRAIN = ("train", "--model", GPT2, "--steps", "8", "--batch", "16", "--seq", "64", "--eval-every", "0")
 
-# A model without the pipeline contract (no embed / blocks / head): a bag of embeddings.
+# A model without the pipeline contract (no embed / blocks / head): a bag of embeddings, whose
+# output bias has no logical names.
 FLAT_MODEL = '''
 from flax import nnx
 
@@ -26,7 +27,7 @@ class Flat(nnx.Module):
     def __init__(self, rngs):
         self.table = nnx.Embed(256, 32, rngs=rngs,
                                embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
-        self.out = nnx.Linear(32, 256, use_bias=False, rngs=rngs,
+        self.out = nnx.Linear(32, 256, rngs=rngs,
                               kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("embed", "vocab")))
 
     def __call__(self, tokens):
@@ -144,7 +145,8 @@ def test_a_changed_model_file_is_refused_on_resume(flat, tmp_path):
     r = rainier("train", "--model", f"{model}:make", "--steps", "1", "--batch", "8", "--seq", "16",
                 "--checkpoint-dir", str(ckpt))
     assert r.returncode == 0, r.stderr
-    assert "replicated" not in r.stderr   # every parameter has logical names
+    assert ("note: 1 parameter tensor (256 parameters, 1,024 bytes in fp32; first: out/bias) carries no "
+            "logical axis names and is replicated on every rank") in r.stderr
     model.write_text(flat.read_text() + "\n# edited\n")
     r = rainier("train", "--checkpoint-dir", str(ckpt), "--resume", "--steps", "2")
     one_line_exit_2(r, "--resume", "changed", "sha256")

@@ -40,8 +40,10 @@ def replicated_note(model) -> str | None:
     if not unnamed:
         return None
     n = sum(math.prod(shapes[p]) for p in unnamed)
-    return (f"note: {len(unnamed)} parameter tensors ({n:,} parameters, {4 * n:,} bytes in fp32; first: {unnamed[0]}) "
-            "carry no logical axis names and are replicated on every rank (docs/OWN_MODEL.md)")
+    tensors = f"{len(unnamed)} parameter tensor{'s' * (len(unnamed) > 1)}"
+    return (f"note: {tensors} ({n:,} parameters, {4 * n:,} bytes in fp32; first: {unnamed[0]}) "
+            f"{'carry' if len(unnamed) > 1 else 'carries'} no logical axis names and "
+            f"{'are' if len(unnamed) > 1 else 'is'} replicated on every rank (docs/OWN_MODEL.md)")
 
 
 def _paths(tree):

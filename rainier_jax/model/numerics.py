@@ -204,25 +204,6 @@ def _fp8_bwd(eq, out_dtype, res, g):
 fp8_dot.defvjp(_fp8_fwd, _fp8_bwd)
 
 
-# The weights that go through `Compute.linear`, each with fp8 metadata under the fp8 policy.
-LINEAR_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-
-
-def fp8_meta_init(n_layers: int, policy: Policy) -> dict:
-    """Empty amax histories: `[L, 3, history]` per layer weight, `[3, history]` for the head."""
-    hist = (FP8_ROWS, policy.amax_history)
-    return {"layers": {w: jnp.zeros((n_layers, *hist), jnp.float32) for w in LINEAR_WEIGHTS},
-            "head": jnp.zeros(hist, jnp.float32)}
-
-
-def with_fp8(params: dict, meta: dict | None) -> dict:
-    """The parameters as the model reads them: fp8 metadata next to the weights it scales (the
-    layer stack's slices then travel through the scan together)."""
-    if meta is None:
-        return params
-    return {**params, "layers": {**params["layers"], "fp8": meta["layers"]}, "fp8": {"head": meta["head"]}}
-
-
 # ---------------------------------------------------------------------------------------------
 # Storing: nearest or stochastic rounding
 

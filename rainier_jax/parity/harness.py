@@ -32,7 +32,6 @@ import numpy as np
 
 from rainier_jax.train import data as data_lib
 from rainier_jax.dist.arrays import host_copy, local_value, to_devices
-from rainier_jax.spec.model import ModelConfig
 from rainier_jax.spec.precision import Policy
 from rainier_jax.train.loop import Program
 
@@ -167,23 +166,10 @@ class ParityResult:
                 and all(t.ok for t in self.free_params))
 
 
-def depth_rule(model) -> tuple[str | None, Callable[[str], int]]:
-    """(the key of the stacked layers, depth of a top-level parameter outside them) for a model
-    spec. The built-in model: the embedding at L + 1, the head and final norm at 0. A user's
-    model: its `blocks` stack (none without the pipeline contract), and every other parameter at
-    L + 1 — where it sits in the forward pass is not known, and the deepest place gives the
-    largest bound, so no parameter is held to a bound tighter than its true depth's
-    (docs/OWN_MODEL.md)."""
-    L = model.n_layers
-    if isinstance(model, ModelConfig):
-        return "layers", lambda key: L + 1 if key == "embed" else 0
-    return model.stack, lambda key: L + 1
-
-
 def tensor_depths(tree: dict, model) -> dict[str, tuple[np.ndarray, int]]:
-    """Flatten a parameter-shaped tree into {path: (array, depth)}, stacked layers split per layer."""
-    stack, outer_depth = depth_rule(model)
-    n_layers = model.n_layers
+    """Flatten a parameter-shaped tree into {path: (array, depth)}, stacked layers split per layer.
+    The model spec says where its parameters sit (`stack`, `outer_depth`)."""
+    stack, n_layers = model.stack, model.n_layers
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         keys = [str(p.key) for p in path]
@@ -192,7 +178,7 @@ def tensor_depths(tree: dict, model) -> dict[str, tuple[np.ndarray, int]]:
             for layer in range(arr.shape[0]):
                 out[f"{stack}/{'/'.join(keys[1:])}[{layer}]"] = (arr[layer], n_layers - layer)
         else:
-            out["/".join(keys)] = (arr, outer_depth(keys[0]))
+            out["/".join(keys)] = (arr, model.outer_depth(keys[0]))
     return out
 
 

@@ -75,6 +75,14 @@ class ModelConfig:
     def param_axes(self) -> dict:
         return param_axes(self)
 
+    # Where each parameter sits in the forward pass, for the parity bounds (parity/harness.py):
+    # the layer stack, and the depth of the top-level parameters outside it — the embedding
+    # below every layer (L + 1), the head and the final norm above them (0).
+    stack = "layers"
+
+    def outer_depth(self, key: str) -> int:
+        return self.n_layers + 1 if key == "embed" else 0
+
 
 MAX_TENSOR_ELEMENTS = 2**48
 

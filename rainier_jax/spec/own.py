@@ -49,6 +49,13 @@ class OwnModel:
         """The top-level parameter key of the stacked blocks (the pipeline contract's `blocks`)."""
         return "blocks" if self.pipeline else None
 
+    def outer_depth(self, key: str) -> int:
+        """Depth of a parameter outside the stack for the parity bounds: where it sits in the
+        forward pass is not known, so the deepest place, L + 1, which gives the widest bound — no
+        parameter is held to a bound tighter than its true depth's (docs/OWN_MODEL.md)."""
+        del key
+        return self.n_layers + 1
+
     def param_shapes(self) -> dict:
         return self.shapes
 
