@@ -8,9 +8,9 @@ perf/compiled.py (which bypasses the compile cache around its HLO dump) are the 
 import os
 from pathlib import Path
 
-from rainier_jax.cli.common import set_xla_flags
+from rainier_jax.dist.startup import set_xla_flags
 
-set_xla_flags()   # as the CLI does: layouts round alike (cli.common.XLA_FLAGS)
+set_xla_flags()   # as the CLI does: layouts round alike (dist.startup.XLA_FLAGS)
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")

@@ -227,8 +227,3 @@ def test_rainier_runs_settings_are_taken_and_contradictions_refused(no_command_l
     with pytest.raises(rj.EmulationError, match=r"^rainier run --parallel dp=3: the axis sizes multiply to 3"):
         rj.emulate()
 
-
-def test_default_mesh_is_the_clis():
-    from rainier_jax.api.settings import DEFAULT_MESH
-    from rainier_jax.cli.common import DEFAULT_MESH as CLI_DEFAULT
-    assert DEFAULT_MESH == CLI_DEFAULT

@@ -26,11 +26,10 @@ import numpy as np
 from rainier_jax.api.errors import EmulationError
 from rainier_jax.config.errors import ConfigError, spell
 from rainier_jax.config.typed import resolve_named_file
-from rainier_jax.hardware.topology import Topology, load_topology
+from rainier_jax.hardware.topology import DEFAULT_MESH, Topology, load_topology
 from rainier_jax.parallel.layout import ParallelLayout, parse_layout
 from rainier_jax.parallel.placement import place
 
-DEFAULT_MESH = "trn2-mini-8"   # the CLI's default too (cli/common.py, DEFAULT_MESH)
 # setting → the environment variable `rainier run` passes it in
 ENV = {"mesh": "RAINIER_MESH", "lnc": "RAINIER_LNC", "parallel": "RAINIER_PARALLEL"}
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 from rainier_jax.config.errors import ConfigError
-from rainier_jax.dist.startup import XLA_FLAGS, set_xla_flags, start_jax  # noqa: F401 (the commands' names for them)
+from rainier_jax.dist.startup import start_jax  # noqa: F401 (the commands start JAX through it)
+from rainier_jax.hardware.topology import DEFAULT_MESH  # noqa: F401 (the commands' default)
 
-DEFAULT_MESH = "trn2-mini-8"
 # Set by `rainier launch` for a dry run of the command it wraps: validate everything, stop before
 # JAX starts (exit 0 when valid), so bad input is reported once rather than by every process.
 CHECK_ONLY_ENV = "RAINIER_CHECK_ONLY"

@@ -32,6 +32,10 @@ LINK_CLASSES = ("on_chip", "torus", "ring", "efa")  # fastest to slowest: the or
 # rather than a dtype that silently has no figure.
 DTYPES = ("fp8", "bf16", "fp16", "tf32", "fp32")
 
+# The mesh every entry point emulates when none is named: `rainier train`, `parity`, `run` and
+# `rj.emulate()` (8 ranks: what this machine runs in seconds).
+DEFAULT_MESH = "trn2-mini-8"
+
 
 # ---- the file schema (private: what the TOML says, before LNC is chosen) ----
 
