@@ -4,8 +4,11 @@ needs JAX to be built — so for that one JAX starts first, still before anythin
 
 from __future__ import annotations
 
+import math
+
 from rainier_jax.cli.common import DEFAULT_MODEL, check_only, start_jax
-from rainier_jax.spec.own import is_model_file
+from rainier_jax.spec.model import leaves_with_paths
+from rainier_jax.spec.own import OwnModel, is_model_file
 
 
 def model_for(args, found, run, topo, cluster=None, *, setting: str = "model"):
@@ -31,11 +34,9 @@ def model_for(args, found, run, topo, cluster=None, *, setting: str = "model"):
 
 def replicated_note(model) -> str | None:
     """For a user's model: how much of it has no logical axis names, so every rank holds all of it."""
-    from rainier_jax.spec.own import OwnModel
     if not isinstance(model, OwnModel):
         return None
-    import math
-    shapes = dict(_paths(model.param_shapes()))
+    shapes = dict(leaves_with_paths(model.param_shapes()))
     unnamed = model.unnamed()
     if not unnamed:
         return None
@@ -45,7 +46,3 @@ def replicated_note(model) -> str | None:
             f"{'carry' if len(unnamed) > 1 else 'carries'} no logical axis names and "
             f"{'are' if len(unnamed) > 1 else 'is'} replicated on every rank (docs/OWN_MODEL.md)")
 
-
-def _paths(tree):
-    from rainier_jax.spec.model import leaves_with_paths
-    return leaves_with_paths(tree)

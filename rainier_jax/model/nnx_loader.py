@@ -11,6 +11,7 @@ The contract is docs/OWN_MODEL.md's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -168,21 +169,29 @@ def read(path: Path, where: str) -> bytes:
         raise ConfigError(f"{where}: cannot read {path} ({e.strerror or e})") from None
 
 
+@contextlib.contextmanager
+def _folder_on_path(path: Path):
+    """The model file's folder first on sys.path meanwhile, so the file can import its siblings."""
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+
+
 def _import(path: Path, data: bytes, sha: str, where: str):
     """The file's bytes (those hashed) run as a module of its own; its folder on sys.path meanwhile."""
     name = f"_rainier_model_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}_{sha[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module   # dataclasses and pickling look their module up here
-    folder = str(path.parent)
-    sys.path.insert(0, folder)
     try:
-        exec(compile(data, str(path), "exec"), module.__dict__)
+        with _folder_on_path(path):
+            exec(compile(data, str(path), "exec"), module.__dict__)
     except (Exception, SystemExit) as e:
         del sys.modules[name]
         raise ConfigError(f"{where}: importing {path.name} raised {_one_line(e)}") from None
-    finally:
-        sys.path.remove(folder)
     return module
 
 
@@ -215,17 +224,14 @@ def graph_of(path: Path, factory_name: str, data: bytes, sha: str, where: str) -
         if not isinstance(out, nnx.Module):
             raise _NotAModule(type(out).__name__)
         return out
-    folder = str(path.parent)
-    sys.path.insert(0, folder)   # a factory may import siblings lazily
     try:
-        with nnx.use_eager_sharding(False):
+        # A factory may import siblings lazily, so the folder is on the path here too.
+        with _folder_on_path(path), nnx.use_eager_sharding(False):
             model = nnx.eval_shape(build)
     except _NotAModule as e:
         raise ConfigError(f"{where}: {factory_name}(rngs) returned a value of type {e}, not an nnx.Module") from None
     except Exception as e:
         raise ConfigError(f"{where}: {factory_name}(nnx.Rngs(0)) raised {_one_line(e)}") from None
-    finally:
-        sys.path.remove(folder)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tree = StateTree.of(params)
     blocks = None

@@ -97,14 +97,18 @@ def discrepancies(profile, analytic: Estimate, *, tolerance: float = 0.01) -> li
     return out
 
 
+def _hbm_line(profile) -> str:
+    return (f"  HBM per rank {size(profile.hbm_bytes)} (arguments {size(profile.argument_bytes)}, "
+            f"temporaries {size(profile.temp_bytes)}, outputs {size(profile.output_bytes)}, "
+            f"aliased {size(profile.alias_bytes)})")
+
+
 def render_compiled(profile, analytic: Estimate, main: Estimate) -> str:
     """The compiled program next to the analytic model of the same program (`rainier` recipe) and
     of the estimated one (`main`)."""
     lines = ["", f"Compiled: rainier's train step lowered for {analytic.topo.num_ranks:,} CPU devices from abstract "
                  f"shapes in {profile.compile_seconds:.1f} s",
-             f"  HBM per rank {size(profile.hbm_bytes)} (arguments {size(profile.argument_bytes)}, "
-             f"temporaries {size(profile.temp_bytes)}, outputs {size(profile.output_bytes)}, "
-             f"aliased {size(profile.alias_bytes)}); analytic {size(analytic.memory.total)}",
+             f"{_hbm_line(profile)}; analytic {size(analytic.memory.total)}",
              f"  dot FLOPs per rank {profile.dot_flops:.3e}; analytic (rainier program) {analytic.rank_flops:.3e}",
              "  collective bytes per step by kind and axes (compiled | rainier model | " + main.recipe + " model):"]
     compiled = bytes_by(profile.collectives, above=8, axes=lambda c: c.axes + (("partial",) if c.partial else ()))
@@ -126,9 +130,7 @@ def render_compiled_only(profile, experiment) -> str:
              f"{experiment.run.precision}",
              f"Compiled: rainier's train step lowered for {experiment.topology.num_ranks:,} CPU devices from abstract "
              f"shapes in {profile.compile_seconds:.1f} s (no analytic model of a user's model to compare with)",
-             f"  HBM per rank {size(profile.hbm_bytes)} (arguments {size(profile.argument_bytes)}, "
-             f"temporaries {size(profile.temp_bytes)}, outputs {size(profile.output_bytes)}, "
-             f"aliased {size(profile.alias_bytes)}); a rank has {size(experiment.topology.hbm_bytes_per_rank)}"
+             f"{_hbm_line(profile)}; a rank has {size(experiment.topology.hbm_bytes_per_rank)}"
              + ("" if profile.hbm_bytes <= experiment.topology.hbm_bytes_per_rank else " — it does not fit"),
              f"  dot FLOPs per rank {profile.dot_flops:.3e}",
              "  collective bytes per step by kind and axes:"]
